@@ -1,0 +1,86 @@
+"""The `rpu-ray` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from rpu_ray import __version__
+
+
+def _subsample(text: str) -> int | list[int]:
+    """`2000` (a count) or `1,1,4,2,2` (one stride per factor)."""
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a count or comma-separated strides, got {text!r}") from None
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="dsprites, shapes3d, or a path (.npz, .h5, image folder)")
+    parser.add_argument("--image-size", type=int, default=64, choices=(32, 64, 128))
+    parser.add_argument("--subsample", type=_subsample, default=None,
+                        help="a count, or one stride per factor such as 1,1,4,2,2")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rpu-ray", description="rPU-VAE: robust unsupervised disentanglement on Ray.")
+    parser.add_argument("--version", action="version", version=f"rpu-ray {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="inspect data sets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    preview = data_commands.add_parser(
+        "preview", help="write an image grid: one row per factor traversal (or a sample)")
+    _add_data_options(preview)
+    preview.add_argument("--out", required=True, help="PNG file to write")
+    preview.add_argument("--steps", type=int, default=8, help="images per row")
+    info = data_commands.add_parser("info", help="print size, image shape and factors")
+    _add_data_options(info)
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    from rpu_ray import data
+
+    return data.load(args.spec, image_size=args.image_size, subsample=args.subsample,
+                     seed=args.seed)
+
+
+def _data_preview(args: argparse.Namespace) -> None:
+    from rpu_ray.data.preview import save_preview
+
+    dataset = _load(args)
+    print(dataset.describe())
+    path = save_preview(dataset, args.out, num_steps=args.steps, seed=args.seed)
+    print(f"wrote {path}")
+
+
+def _data_info(args: argparse.Namespace) -> None:
+    print(_load(args).describe())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="[rpu-ray] %(message)s")
+    from rpu_ray.data import DataError
+
+    handlers = {("data", "preview"): _data_preview, ("data", "info"): _data_info}
+    try:
+        handlers[(args.command, getattr(args, "data_command", None))](args)
+    except DataError as err:
+        print(f"rpu-ray: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
