@@ -40,9 +40,8 @@ class Dataset:
     def __post_init__(self) -> None:
         images = self.images
         if images.dtype != np.uint8 or images.ndim != 4:
-            raise DataError(
-                f"{self.source}: images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}"
-            )
+            raise DataError(f"{self.source}: images must be uint8 (N, C, H, W), "
+                            f"got {images.dtype} {images.shape}")
         if self.factors is not None:
             if self.factors.shape[0] != images.shape[0] or self.factors.ndim != 2:
                 raise DataError(
@@ -125,5 +124,5 @@ class Dataset:
                 f"x{self.image_size}")
         if self.factors is not None:
             text += ", factors " + ", ".join(
-                f"{n}({s})" for n, s in zip(self.factor_names, self.factor_sizes))
+                f"{n}({s})" for n, s in zip(self.factor_names, self.factor_sizes, strict=True))
         return text

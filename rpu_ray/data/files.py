@@ -149,6 +149,8 @@ def _labelled_dataset(images: np.ndarray, labels: np.ndarray | None, path: Path,
 
 def load_npz(path: Path, image_size: int = 64) -> Dataset:
     """DeepMind's dSprites `.npz`, or a user `.npz` with `images` and optional labels."""
+    if not zipfile.is_zipfile(path):  # np.load would otherwise try to unpickle it
+        raise DataError(f"{path}: unreadable or truncated .npz (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = set(archive.files)

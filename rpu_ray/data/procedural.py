@@ -95,7 +95,7 @@ def subsample_indices(factor_sizes: Sequence[int], subsample: int | Sequence[int
                         f"(one per factor), got {subsample}")
     if all(s == 1 for s in strides):
         return None
-    axes = [np.arange(0, n, s) for n, s in zip(factor_sizes, strides)]
+    axes = [np.arange(0, n, s) for n, s in zip(factor_sizes, strides, strict=True)]
     classes = np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=0)
     return np.ravel_multi_index(tuple(classes), tuple(factor_sizes))
 
