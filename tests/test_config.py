@@ -1,0 +1,105 @@
+"""Configuration: presets, YAML round trip, overrides and every kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rpu_ray.config import (
+    PRESETS,
+    ConfigError,
+    ExperimentConfig,
+    dump_config,
+    load_config,
+    parse_override,
+    to_dict,
+)
+
+
+def test_defaults_are_the_authors_values() -> None:
+    config = ExperimentConfig()
+    assert config.model.num_models == 5 and config.model.z_dim == 10
+    assert config.train.generation_images == 480_000
+    assert config.eval.udr_points == 1000 and config.eval.udr_batch_size == 10
+    assert config.eval.udr_kl_threshold == 0.01 and config.eval.mig_bins == 20
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_load_and_round_trip_through_yaml(name: str, tmp_path: Path) -> None:
+    config = load_config(preset_name=name)
+    dump_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_resolution_order_file_preset_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("preset: smoke\nmodel:\n  num_models: 3\nseed: 7\n")
+    config = load_config(path, overrides=["seed=9", "data.subsample=[1, 1, 2, 2, 2]"])
+    assert config.model.num_models == 3  # file over preset
+    assert config.train.generation_images == 1000  # from the smoke preset
+    assert config.seed == 9  # override over file
+    assert config.data.subsample == [1, 1, 2, 2, 2]
+    assert load_config(path, preset_name="demo").train.generation_images == 20_000
+
+
+def test_parse_override_values_are_yaml() -> None:
+    assert parse_override("a.b=8") == {"a": {"b": 8}}
+    assert load_config(overrides=["eval.udr_kl_threshold=1e-3"]).eval.udr_kl_threshold == 1e-3
+    assert parse_override("x=[1, 2]") == {"x": [1, 2]}
+    assert parse_override("x=") == {"x": None}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("novalue")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("modle.num_models=2", "unknown setting modle"),
+    ("model.size=2", "unknown setting model.size"),
+    ("model.num_models=two", "model.num_models: expected an integer"),
+    ("model.num_models=2.5", "model.num_models: expected an integer"),
+    ("model.num_models=0", "model.num_models: must be >= 1"),
+    ("train.generation_images=-5", "train.generation_images: must be positive"),
+    ("train.amp=1", "train.amp: expected true or false"),
+    ("data.image_size=48", "data.image_size: must be 32, 64 or 128"),
+    ("data.subsample=[1, -2]", "data.subsample: strides must be positive"),
+    ("data.subsample=abc", "data.subsample: expected int or list"),
+    ("eval.kl=exact", "eval.kl: must be one of gaussian, authors"),
+    ("eval.labels=1", "eval.labels: needs at least 2"),
+    ("resources.gpu_memory_fraction=2", r"resources.gpu_memory_fraction: must be in \(0, 1\]"),
+    ("model=3", "model: expected a mapping"),
+    ("name=", "name: expected a string"),
+    ("name=' '", "name: must not be empty"),
+])
+def test_bad_values_raise_one_error_naming_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
+        load_config(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(listing)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("trian:\n  generation_images: 5\n")
+    with pytest.raises(ConfigError, match=r"unknown\.yaml: unknown setting trian"):
+        load_config(unknown)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config(preset_name="huge")
+    # YAML tags that would construct Python objects are refused (safe_load).
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("name: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(evil)
+
+
+def test_to_dict_is_plain() -> None:
+    values = to_dict(load_config(preset_name="smoke"))
+    assert values["model"]["num_models"] == 2
+    assert isinstance(values["data"]["subsample"], list)
