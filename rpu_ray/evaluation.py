@@ -1,0 +1,116 @@
+"""Scoring a member between generations: UDR (unsupervised) or MIG/DCI on labels (supervised).
+
+These are the PBT `eval` functions of the paper. They encode a fixed evaluation subset of the
+current data set with every VAE of the member (encoder means; eval mode) and compute:
+
+* UDR (PBT-U-VAE): per-model UDR scores of the member's M VAEs, per-latent KL of each VAE (the
+  true Gaussian KL by default, the authors' batch pseudo-KL with `kl="authors"`); the member's
+  score is the mean of the model scores and a VAE without active latents scores 0, as in the
+  authors' code (original-code-spec §3.4).
+* MIG or DCI (PBT-S-VAE): the metric of each VAE's means against the ground-truth (or
+  surrogate) factors of the same subset; the member's score is the mean over its VAEs.
+
+The evaluation subset is `RandomState(score_seed).permutation(N)[:points]`, the same images in
+every generation and for every member, as the authors do; with `labels=L` (the paper's
+semi-supervised 1000-PBT-S-VAE) only the first L images of that permutation ever have labels.
+Factors that are constant on the subset carry no information and are dropped (the metrics are
+undefined for them). A diverged member, or one whose codes are not finite, scores NaN, which
+the scheduler treats as the worst score.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from rpu_ray.config import EvalConfig
+from rpu_ray.engine import Member
+from rpu_ray.metrics import authors_pseudo_kl, dci, gaussian_kl, mig, udr
+
+__all__ = ["best_model", "evaluation_positions", "score_supervised", "score_udr"]
+
+
+def evaluation_positions(num_images: int, num_points: int, seed: int) -> np.ndarray:
+    """The fixed evaluation subset: the first `num_points` of RandomState(seed).permutation(N)."""
+    if num_images < 2:
+        raise ValueError(f"cannot evaluate on {num_images} image(s)")
+    return np.random.RandomState(seed).permutation(num_images)[:min(num_points, num_images)]
+
+
+def _encode(member: Member, images: torch.Tensor, positions: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    index = torch.as_tensor(positions, device=images.device)
+    mu, logsigma = member.encode(images[index])
+    return mu.double().cpu().numpy(), logsigma.double().cpu().numpy()
+
+
+def _per_model_kl(mu: np.ndarray, logsigma: np.ndarray, config: EvalConfig) -> np.ndarray:
+    """(M, z) per-latent KL of each model; the authors' version on whole batches only."""
+    if config.kl == "gaussian":
+        return np.stack([gaussian_kl(m, s) for m, s in zip(mu, logsigma, strict=True)])
+    usable = mu.shape[1] - mu.shape[1] % config.udr_batch_size  # the authors drop the rest
+    return np.stack([authors_pseudo_kl(m[:usable], s[:usable], config.udr_batch_size)
+                     for m, s in zip(mu, logsigma, strict=True)])
+
+
+def score_udr(member: Member, images: torch.Tensor, config: EvalConfig) -> dict[str, Any]:
+    """UDR score of a member on its current data set (`images`: uint8 (N, C, H, W) tensor).
+
+    Returns `score` (mean model score, NaN if not computable), `model_scores` (M,) and `kl`
+    (M, z) as lists, ready for a Tune result.
+    """
+    positions = evaluation_positions(len(images), config.udr_points, config.score_seed)
+    mu, logsigma = _encode(member, images, positions)
+    if not (np.isfinite(mu).all() and np.isfinite(logsigma).all()):
+        return {"score": float("nan"), "model_scores": [float("nan")] * member.num_models,
+                "kl": np.full(mu.shape[::2], np.nan).tolist()}
+    kl = _per_model_kl(mu, logsigma, config)
+    if member.num_models < 2:
+        raise ValueError("UDR compares the VAEs of a member: num_models must be >= 2")
+    model_scores = udr(mu, kl, correlation=config.udr_correlation, filter_low_kl=True,
+                       kl_threshold=config.udr_kl_threshold, empty_model_score=0.0)
+    return {"score": float(np.mean(model_scores)), "model_scores": model_scores.tolist(),
+            "kl": kl.tolist()}
+
+
+def _informative(factors: np.ndarray) -> np.ndarray:
+    """Columns of `factors` that are not constant."""
+    return np.flatnonzero((factors != factors[:1]).any(axis=0))
+
+
+def score_supervised(member: Member, images: torch.Tensor, factors: np.ndarray,
+                     config: EvalConfig, metric: str = "mig") -> dict[str, Any]:
+    """MIG (default) or DCI disentanglement of each VAE on labelled images; `score` = mean.
+
+    `factors` are the integer factors (N, F) of the N images (ground truth or discretised
+    surrogate labels).
+    """
+    if metric not in ("mig", "dci"):
+        raise ValueError(f"unknown supervised metric {metric!r} (mig or dci)")
+    pool = len(images) if config.labels is None else min(config.labels, len(images))
+    positions = evaluation_positions(len(images), min(config.mig_points, pool), config.score_seed)
+    mu, _ = _encode(member, images, positions)
+    labels = factors[positions]
+    columns = _informative(labels)
+    if columns.size == 0:
+        raise ValueError("every factor is constant on the evaluation subset")
+    labels = labels[:, columns]
+    if not np.isfinite(mu).all():
+        nan_scores = [float("nan")] * member.num_models
+        return {"score": float("nan"), "model_scores": nan_scores}
+    if metric == "mig":
+        scores = [mig(codes, labels, num_bins=config.mig_bins) for codes in mu]
+    else:  # DCI disentanglement, trained and tested on halves of the labelled subset
+        half = len(positions) // 2
+        scores = [dci(codes[:half], labels[:half], codes[half:], labels[half:],
+                      seed=config.score_seed, mode=config.dci_mode)["disentanglement"]
+                  for codes in mu]
+    return {"score": float(np.mean(scores)), "model_scores": [float(s) for s in scores]}
+
+
+def best_model(model_scores: list[float] | np.ndarray) -> int:
+    """Index of the best VAE of a member (first on ties; NaN never wins)."""
+    scores = np.nan_to_num(np.asarray(model_scores, dtype=float), nan=-np.inf)
+    return int(np.argmax(scores))
