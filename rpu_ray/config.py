@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
+from rpu_ray.pbt import PBTPolicy
+
 PRESETS = ("smoke", "demo", "paper")
 
 
@@ -58,7 +60,7 @@ class ModelConfig:
     arch: Literal["authors", "dlib"] = "authors"
     num_models: int = 5
     z_dim: int = 10
-    loss: str = "beta_tcvae"
+    loss: str = "betatcvae"
 
     def problems(self) -> list[str]:
         out = []
@@ -66,6 +68,10 @@ class ModelConfig:
             out.append(f"num_models: must be >= 1, got {self.num_models}")
         if self.z_dim < 2:
             out.append(f"z_dim: must be >= 2, got {self.z_dim}")
+        from rpu_ray.models import LOSSES  # torch is only imported when a config is checked
+
+        if self.loss not in LOSSES:
+            out.append(f"loss: must be one of {', '.join(sorted(LOSSES))}, got {self.loss!r}")
         return out
 
 
@@ -118,6 +124,30 @@ class EvalConfig:
 
 
 @dataclass
+class PBTConfig:
+    """Population-based training: population size, the policy (`rpu_ray.pbt.PBTPolicy`, every
+    rule and constant of exploit/explore and of the stop rules) and fault tolerance."""
+
+    population: int = 56
+    policy: PBTPolicy = field(default_factory=PBTPolicy)
+    # A crashed trial is restarted from its last checkpoint up to this many times.
+    max_failures: int = 2
+    # Checkpoints kept per trial: the best-scoring ones plus always the latest (>= 3, because
+    # a donor's checkpoint must survive until its clones have loaded it).
+    checkpoints_to_keep: int = 3
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.population < 2:
+            out.append(f"population: PBT needs at least 2 members, got {self.population}")
+        if self.max_failures < 0:
+            out.append(f"max_failures: must be >= 0, got {self.max_failures}")
+        if self.checkpoints_to_keep < 3:
+            out.append(f"checkpoints_to_keep: must be >= 3, got {self.checkpoints_to_keep}")
+        return out
+
+
+@dataclass
 class ResourcesConfig:
     """Ray resources of one trial (one member)."""
 
@@ -150,6 +180,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pbt: PBTConfig = field(default_factory=PBTConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def problems(self) -> list[str]:
@@ -234,7 +265,11 @@ def _from_mapping(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any
         raise ConfigError(f"unknown setting {where}{unknown[0]} (known: {known})")
     kwargs = {name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
               for name, value in values.items()}
-    instance = cls(**kwargs)
+    try:
+        instance = cls(**kwargs)
+    except ValueError as err:  # classes that validate on construction (e.g. PBTPolicy)
+        where = f"{prefix}: " if prefix else ""
+        raise ConfigError(f"{where}{err}") from None
     problems = instance.problems() if hasattr(instance, "problems") else []
     if problems:
         where = f"{prefix}." if prefix else ""

@@ -1,0 +1,215 @@
+"""Synchronous (generational) PBT on Ray Tune, with rpu-ray's own policy.
+
+`GenerationalPBT` subclasses Ray's `PopulationBasedTraining` in `synch=True` mode, which gives
+the generation barrier the authors built from queues: every member trains one generation, then
+the whole population is ranked and exploited at once. All decisions come from the pure policy
+(`rpu_ray.pbt`): who clones whom, the perturbation, and when the metaEpoch stops. Ray keeps
+what it does well: pausing trials, saving the donors' checkpoints and handing them to the
+clones.
+
+Hooks (Ray 2.60; see reference/ray-notes.md):
+  * `_quantiles` runs exactly once per generation, at the barrier. It records the generation's
+    scores, applies the stop rules and computes the whole generation's decisions.
+  * `_checkpoint_or_exploit` saves the top members (Ray's logic) and exploits with the donor the
+    policy chose instead of Ray's `random.choice`.
+  * `_get_new_config` returns the donor's config with the policy's new hyperparameters, the
+    clone's own member index and its fresh seed (`clone_seed`).
+  * `on_trial_result` ends the run when a stop rule fires (all paused members are stopped at
+    the barrier, so no generation is started in vain) and drops the members a big initial
+    population does not keep.
+  * `on_trial_add` re-seeds the per-trial state from `trial.last_result` after
+    `Tuner.restore`, which does not restore scheduler state.
+
+The convergence rule lives here rather than in a `tune.Stopper`: a stopper sees one result at
+a time, before the scheduler, and cannot tell a failed member from a slow one; the barrier is
+the one place where the scores of the whole live population are known.
+
+Every generation and every decision is appended as one JSON line to `events_path`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+from ray.tune.schedulers.pbt import _FutureTrainingResult
+
+from rpu_ray.pbt import (
+    HYPERPARAMETERS,
+    Decision,
+    PBTPolicy,
+    best_score,
+    exploit_and_explore,
+    generation_rng,
+    quantile_size,
+    rank,
+    stop_reason,
+    survivors_after_first_generation,
+)
+
+log = logging.getLogger(__name__)
+
+GENERATION_EVENT = "generation"
+
+
+class GenerationalPBT(PopulationBasedTraining):
+    """Generational PBT whose selection, explore and stopping follow `rpu_ray.pbt`.
+
+    Args:
+        policy: every constant and rule of exploit/explore and of the stop rules.
+        seed: identifies the PBT run for reproducible decisions (e.g. (experiment seed, run)).
+        events_path: JSONL file that receives one line per generation and per decision.
+        on_generation: called with each generation's summary (progress output).
+    """
+
+    def __init__(self, policy: PBTPolicy, seed: int | tuple[int, ...],
+                 events_path: str | Path | None = None,
+                 on_generation: Callable[[dict[str, Any]], None] | None = None) -> None:
+        super().__init__(
+            time_attr="training_iteration",
+            metric="score",
+            mode="max",
+            perturbation_interval=1,
+            quantile_fraction=policy.quantile_fraction,
+            # Ray needs a mutation spec; ours is only used for its log lines: explore itself is
+            # `rpu_ray.pbt.perturb` (_get_new_config), never Ray's built-in perturbation.
+            hyperparam_mutations={"lr": list(policy.lr_grid),
+                                  "batch_size": list(policy.batch_size_grid),
+                                  "beta": list(policy.beta_grid)},
+            resample_probability=0.0,
+            log_config=False,
+            synch=True,
+        )
+        self.policy = policy
+        self.seed = seed
+        self.events_path = Path(events_path) if events_path is not None else None
+        self.on_generation = on_generation
+        self.best_scores: list[float] = []
+        self.stop_reason: str | None = None
+        self._decisions: dict[str, Decision] = {}
+        self._dropped: set[Trial] = set()
+        self._controller: Any = None
+
+    # ---------------------------------------------------------------- events
+
+    def _append_event(self, event: dict[str, Any]) -> None:
+        if self.events_path is None:
+            return
+        self.events_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.events_path.open("a") as f:
+            f.write(json.dumps(event) + "\n")
+
+    # ---------------------------------------------------------------- Ray hooks
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        iteration = (trial.last_result or {}).get("training_iteration")
+        if iteration:  # restored by Tuner.restore: continue the generation it was in
+            state = self._trial_state[trial]
+            state.last_train_time = state.last_perturbation_time = iteration
+            state.last_result = trial.last_result
+            state.last_score = self._metric_op * trial.last_result.get("score", -math.inf)
+        times = [s.last_train_time for s in self._trial_state.values()]
+        self._next_perturbation_sync = min(times) + self._perturbation_interval
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        # The controller is needed at the barrier (`_quantiles`, which Ray calls without it).
+        self._controller = tune_controller
+        decision = super().on_trial_result(tune_controller, trial, result)
+        ending = self._dropped | (set(tune_controller.get_live_trials())
+                                  if self.stop_reason else set())
+        for other in ending - {trial}:
+            if other.status == Trial.PAUSED:
+                tune_controller.stop_trial(other)
+        self._dropped.clear()
+        return TrialScheduler.STOP if trial in ending else decision
+
+    def _quantiles(self) -> tuple[list[Trial], list[Trial]]:
+        """The generation barrier: scores, stop rules, decisions; returns (replaced, top)."""
+        live = {t: s for t, s in self._trial_state.items()
+                if s.last_score is not None and not t.is_finished() and t not in self._dropped}
+        by_id = {t.trial_id: t for t in live}
+        scores = {t.trial_id: live[t].last_score * self._metric_op for t in live}
+        generation = int(max(s.last_train_time for s in live.values())) - 1
+        if generation == 0 and self.policy.big_init_population_factor > 1:
+            keep = set(survivors_after_first_generation(scores, self.policy))
+            self._dropped = {by_id[i] for i in scores if i not in keep}
+            scores = {i: v for i, v in scores.items() if i in keep}
+        self.best_scores.append(best_score(scores))
+        self.stop_reason = stop_reason(self.best_scores, self.policy)
+        ranking = rank(scores)
+        best = by_id[ranking[0]]
+        summary = {
+            "event": GENERATION_EVENT, "generation": generation,
+            "best_score": _json_float(self.best_scores[-1]),
+            "median_score": _json_float(_median([scores[i] for i in ranking])),
+            "population": len(scores), "best_member": best.config.get("member"),
+            "best_hparams": {k: best.config[k] for k in HYPERPARAMETERS if k in best.config},
+            "stop_reason": self.stop_reason, "dropped": len(self._dropped),
+        }
+        self._append_event(summary)
+        if self.on_generation is not None:
+            self.on_generation(summary)
+        if self.stop_reason is not None:
+            return [], []
+        hparams = {i: {k: by_id[i].config[k] for k in HYPERPARAMETERS if k in by_id[i].config}
+                   for i in scores}
+        decisions = exploit_and_explore(scores, hparams, self.policy,
+                                        generation_rng(self.seed, generation),
+                                        generation=generation, seed=self.seed)
+        self._decisions = {d.member: d for d in decisions}
+        upper = [by_id[i] for i in ranking[:quantile_size(len(ranking), self.policy)]]
+        lower = [by_id[d.member] for d in decisions]
+        return lower, upper
+
+    def _checkpoint_or_exploit(self, trial: Trial, tune_controller: Any,
+                               upper_quantile: list[Trial], lower_quantile: list[Trial]) -> None:
+        # Ray's logic saves the top members; the exploit below uses the policy's donor.
+        super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, [])
+        decision = self._decisions.get(trial.trial_id)
+        if decision is None or trial not in lower_quantile:
+            return
+        donor = next(t for t in upper_quantile if t.trial_id == decision.donor)
+        donor_state = self._trial_state[donor]
+        checkpoint = donor_state.last_checkpoint
+        if isinstance(checkpoint, _FutureTrainingResult):  # the donor's save is still running
+            training_result = checkpoint.resolve()
+            if training_result:
+                donor_state.last_result = training_result.metrics
+                donor_state.last_checkpoint = training_result.checkpoint
+                checkpoint = training_result.checkpoint
+            else:
+                checkpoint = None
+        if not checkpoint:
+            log.warning("no checkpoint of %s to clone; %s keeps its weights", donor, trial)
+            return
+        self._exploit(tune_controller, trial, donor)
+
+    def _get_new_config(self, trial: Trial, trial_to_clone: Trial) -> tuple[dict, dict]:
+        decision = self._decisions.pop(trial.trial_id)
+        config = copy.deepcopy(trial_to_clone.config)
+        config.update(decision.new_hparams)
+        config["member"] = trial.config["member"]  # the clone keeps its identity ...
+        config["clone_seed"] = decision.seed  # ... and draws its own data order and noise
+        self._append_event({**decision.to_dict(), "member_index": trial.config["member"],
+                            "donor_index": trial_to_clone.config["member"]})
+        operations = {name: f"* {factor}" for name, factor in decision.factors.items()}
+        return config, operations
+
+
+def _median(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else -math.inf
+
+
+def _json_float(value: float) -> float | None:
+    """Strict JSON has no infinities: a generation without any finite score logs null."""
+    return value if math.isfinite(value) else None

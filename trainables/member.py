@@ -1,0 +1,168 @@
+"""The Ray Tune trainable of one PBT member: a thin adapter around `rpu_ray.engine.Member`.
+
+One `step()` is one generation: train the member on its image budget, then score it (UDR of
+its VAEs, or MIG/DCI on labels). Everything else is in the core: the engine trains, the
+evaluation module scores, the checkpoint module writes files. Tune passes the data once per
+node through the object store (`tune.with_parameters`): the trainable keeps a read-only,
+zero-copy view and moves the current subset to its device once (DESIGN principle 2).
+
+Config keys (Tune's per-trial config, perturbed by the scheduler): `member` (index in the
+population), `lr`, `batch_size`, `beta`. Static settings (`with_parameters`): `settings`
+= {"experiment": config dict, "mode": "udr" | "mig" | "dci", "run": name of this PBT run},
+`images` uint8 (N, C, H, W), optional `subset` (positions into `images`) and `factors`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray import tune
+
+from rpu_ray.checkpoint import load_checkpoint, save_checkpoint
+from rpu_ray.config import ExperimentConfig, from_dict
+from rpu_ray.engine import Member
+from rpu_ray.evaluation import score_supervised, score_udr
+
+CHECKPOINT_FILE = "member.pt"
+
+
+def member_seed(experiment_seed: int, run: str, member: int) -> int:
+    """Seed of a member's initial weights and data order, from the experiment seed only."""
+    words = [experiment_seed, member, *run.encode()]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+def choose_device(preference: str) -> torch.device:
+    """`auto`: the GPU Ray assigned to this trial if there is one, else the CPU."""
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no GPU is visible to this trial")
+    return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
+
+
+class MemberTrainable(tune.Trainable):
+    """One population member (M fused VAEs) as a class-based Tune trainable."""
+
+    def setup(self, config: dict[str, Any], settings: dict[str, Any] | None = None,
+              images: np.ndarray | None = None, subset: np.ndarray | None = None,
+              factors: np.ndarray | None = None) -> None:
+        if settings is None or images is None:
+            raise ValueError("MemberTrainable needs `settings` and `images` "
+                             "(pass them with tune.with_parameters)")
+        self.experiment: ExperimentConfig = from_dict(settings["experiment"])
+        self.mode: str = settings["mode"]
+        self.run_name: str = settings["run"]
+        self.device = choose_device(self.experiment.train.device)
+        self._configure_device()
+        self.images = self._device_images(images, subset)
+        self.factors = None if factors is None else (
+            np.asarray(factors) if subset is None else np.asarray(factors)[subset])
+        if self.mode != "udr" and self.factors is None:
+            raise ValueError(f"mode {self.mode!r} scores on labels, but no factors were given")
+        self._build(config)
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _configure_device(self) -> None:
+        resources = self.experiment.resources
+        if self.device.type == "cuda":
+            share = resources.gpu_memory_fraction or min(1.0, resources.gpus_per_trial or 1.0)
+            torch.cuda.set_per_process_memory_fraction(share, self.device)
+        else:
+            torch.set_num_threads(max(1, int(resources.cpus_per_trial)))
+
+    def _device_images(self, images: np.ndarray, subset: np.ndarray | None) -> torch.Tensor:
+        """The training images on the device, as one uint8 tensor."""
+        if subset is not None:
+            images = images[np.asarray(subset)]
+        with warnings.catch_warnings():
+            # Object-store arrays are read-only; the engine never writes to its images.
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(images)
+        return tensor.to(self.device)
+
+    def _build(self, config: dict[str, Any]) -> None:
+        """A fresh member for this trial's config (also on actor reuse: nothing carries over)."""
+        experiment = self.experiment
+        self.member_index = int(config["member"])
+        self.member = Member(
+            self._hyperparameters(config),
+            num_models=experiment.model.num_models,
+            image_shape=tuple(self.images.shape[1:]),
+            z_dim=experiment.model.z_dim,
+            arch=experiment.model.arch,
+            loss=experiment.model.loss,
+            seed=member_seed(experiment.seed, self.run_name, self.member_index),
+            device=self.device,
+            bf16=experiment.train.amp and self.device.type == "cuda",
+            channels_last=experiment.train.channels_last and self.device.type == "cuda",
+        )
+        self.lineage: list[int] = [self.member_index]
+
+    def _hyperparameters(self, config: dict[str, Any]) -> dict[str, float]:
+        """The member's hyperparameters from a trial config (the objective may ignore beta)."""
+        from rpu_ray.models import LOSSES
+
+        names = ("lr", "batch_size", *LOSSES[self.experiment.model.loss].hyperparameters)
+        return {name: config[name] for name in names}
+
+    # ------------------------------------------------------------------ Tune API
+
+    def step(self) -> dict[str, Any]:
+        stats = self.member.train(self.images, self.experiment.train.generation_images)
+        evaluation: dict[str, Any]
+        if stats["diverged"]:
+            nan = float("nan")
+            evaluation = {"score": nan, "model_scores": [nan] * self.member.num_models}
+        elif self.mode == "udr":
+            evaluation = score_udr(self.member, self.images, self.experiment.eval)
+        else:
+            evaluation = score_supervised(self.member, self.images, self.factors,
+                                          self.experiment.eval, metric=self.mode)
+        return {
+            **evaluation,
+            "loss": float(np.mean(stats["loss"])),
+            "diverged": bool(stats["diverged"]),
+            "images_seen": stats["images_seen"],
+            "steps": stats["steps"],
+            "model_images_per_s": stats["model_images_per_s"],
+            "member": self.member_index,
+            "lineage": "-".join(map(str, self.lineage)),
+            **self.member.hyperparameters,
+        }
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, {
+            "member": self.member.state_dict(),
+            "member_index": self.member_index,
+            "lineage": list(self.lineage),
+        })
+
+    def load_checkpoint(self, checkpoint: str | dict | None) -> None:
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            raise TypeError(f"expected a checkpoint directory, got {type(checkpoint).__name__}")
+        state = load_checkpoint(Path(checkpoint) / CHECKPOINT_FILE, map_location=self.device)
+        self.member.load_state_dict(state["member"])
+        # The loaded state carries the donor's hyperparameters (and Adam's lr); this trial's
+        # config holds the explored ones, which win (ray-notes pitfall 4).
+        self.member.set_hyperparameters(**self._hyperparameters(self.config))
+        donor = int(state["member_index"])
+        self.lineage = [*state["lineage"], self.member_index] if donor != self.member_index \
+            else list(state["lineage"])
+        if donor != self.member_index:
+            # A clone draws its own data order and noise from now on (the authors' clones
+            # inherited the donor's stream: bug 9 of the spec); the scheduler chose the seed.
+            self.member.generator.manual_seed(int(self.config["clone_seed"]))
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        # With reuse_actors=True a different trial may land in this actor: rebuild everything
+        # that depends on the config (ray-notes pitfall 3). The data stays: it is per run.
+        self._build(new_config)
+        self.config = new_config
+        return True
