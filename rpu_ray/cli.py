@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from rpu_ray import __version__
+from rpu_ray.config import PRESETS, ConfigError
 
 
 def _subsample(text: str) -> int | list[int]:
@@ -44,6 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--steps", type=int, default=8, help="images per row")
     info = data_commands.add_parser("info", help="print size, image shape and factors")
     _add_data_options(info)
+
+    pbt = commands.add_parser(
+        "pbt", help="one PBT experiment: PBT-U-VAE (UDR) or PBT-S-VAE (MIG/DCI on labels)")
+    pbt.add_argument("config", nargs="?", help="experiment YAML (see rpu_ray/presets)")
+    pbt.add_argument("--mode", choices=("udr", "mig", "dci"), default="udr",
+                     help="how members are scored (default: udr, unsupervised)")
+    pbt.add_argument("--data", help="data spec, overrides data.spec (dsprites, shapes3d, a path)")
+    pbt.add_argument("--labels", type=int, metavar="N",
+                     help="semi-supervised: score with N randomly chosen labelled images only")
+    pbt.add_argument("--preset", choices=PRESETS, help="smoke (seconds), demo, paper")
+    pbt.add_argument("--out", help="output directory (default: runs/<name>-<mode>-<time>)")
+    pbt.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a setting, e.g. pbt.population=8")
+    pbt.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    pbt.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR")
     return parser
 
 
@@ -67,16 +83,39 @@ def _data_info(args: argparse.Namespace) -> None:
     print(_load(args).describe())
 
 
+def _pbt(args: argparse.Namespace) -> None:
+    from rpu_ray import experiment
+
+    if args.resume:
+        unexpected = [flag for flag, value in (("config", args.config), ("--data", args.data),
+                                               ("--preset", args.preset), ("--out", args.out),
+                                               ("--labels", args.labels),
+                                               ("--set", args.overrides)) if value]
+        if unexpected:
+            dropped = ", ".join(unexpected)
+            raise ConfigError(f"--resume continues a run as configured; drop {dropped}")
+        experiment.resume_pbt(args.resume, address=args.address)
+        return
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.spec={args.data}")
+    if args.labels is not None:
+        overrides.append(f"eval.labels={args.labels}")
+    experiment.start_pbt(args.config, args.preset, overrides, args.mode, args.out, args.address)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="[rpu-ray] %(message)s")
     from rpu_ray.data import DataError
+    from rpu_ray.experiment import ExperimentDirError
 
-    handlers = {("data", "preview"): _data_preview, ("data", "info"): _data_info}
+    handlers = {("data", "preview"): _data_preview, ("data", "info"): _data_info,
+                ("pbt", None): _pbt}
     try:
         handlers[(args.command, getattr(args, "data_command", None))](args)
-    except DataError as err:
+    except (DataError, ConfigError, ExperimentDirError) as err:
         print(f"rpu-ray: error: {err}", file=sys.stderr)
         return 2
     return 0

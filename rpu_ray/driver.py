@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +97,7 @@ def _param_space(population: list[dict[str, float]]) -> dict[str, Any]:
     from ray import tune
 
     def initial(name: str) -> Any:
-        return tune.sample_from(lambda spec: population[spec.config["member"]][name])
+        return tune.sample_from(lambda config: population[config["member"]][name])
 
     return {"member": tune.grid_search(list(range(len(population)))),
             **{name: initial(name) for name in population[0]}}
@@ -121,6 +122,8 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
     storage = out_dir / "tune"
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
+    # Tune's newer console output prints tables even when silent; our progress lines suffice.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     trainable = _trainable(experiment, dataset, mode, run)
     if resume:
         if not tune.Tuner.can_restore(str(storage / run)):

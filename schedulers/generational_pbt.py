@@ -97,6 +97,7 @@ class GenerationalPBT(PopulationBasedTraining):
         self._decisions: dict[str, Decision] = {}
         self._dropped: set[Trial] = set()
         self._controller: Any = None
+        self._history_loaded = False
 
     # ---------------------------------------------------------------- events
 
@@ -107,12 +108,29 @@ class GenerationalPBT(PopulationBasedTraining):
         with self.events_path.open("a") as f:
             f.write(json.dumps(event) + "\n")
 
+    def _load_history(self) -> None:
+        """After a restore: the best score of every generation from the events log, so that
+        the convergence rule and the generation cap continue where the run stopped."""
+        self._history_loaded = True
+        if self.events_path is None or not self.events_path.exists():
+            return
+        best: dict[int, float] = {}
+        with self.events_path.open() as f:
+            for line in f:
+                event = json.loads(line)
+                if event.get("event") == GENERATION_EVENT:
+                    score = event["best_score"]
+                    best[event["generation"]] = -math.inf if score is None else score
+        self.best_scores = [best[g] for g in sorted(best)]
+
     # ---------------------------------------------------------------- Ray hooks
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
         iteration = (trial.last_result or {}).get("training_iteration")
         if iteration:  # restored by Tuner.restore: continue the generation it was in
+            if not self._history_loaded:
+                self._load_history()
             state = self._trial_state[trial]
             state.last_train_time = state.last_perturbation_time = iteration
             state.last_result = trial.last_result
