@@ -1,0 +1,313 @@
+"""One PBT member without Ray: M fused VAEs, one Adam, training on a device-resident image set.
+
+A `Member` owns everything one population member needs between generations: the fused
+`VAEEnsemble`, one Adam over all its parameters (Adam is elementwise, so this equals M separate
+Adams), the objective, its hyperparameters (lr, batch size and the objective's own, e.g. beta) and
+a `torch.Generator` on the device that draws the data order and the reparameterisation noise.
+
+Data never leaves the device: `train` takes the current (sub)set as a uint8 tensor already on the
+member's device and converts one batch at a time to float (DESIGN.md principle 2).
+
+Image budget of one generation (original-code-spec §2.3), with the batch size clamped to [2, N]:
+shuffled passes over the N images, each a fresh permutation from the member's generator, cut into
+consecutive batches; a pass ends with its partial batch, or drops its last image when that would
+be a batch of one (the authors' drop_last); the last batch of the generation is truncated to hit
+the budget, which ends one image short when only one would remain (the authors reduce the budget
+by one then). Size-1 batches never occur: BatchNorm cannot train on them and the minibatch TC
+estimator degenerates; this holds for every architecture.
+
+Divergence: a NaN or Inf loss marks the generation as diverged and ends it (the weights are then
+not finite either; PBT replaces the member). Losses are accumulated on the device and checked
+every `nan_check_every` steps, so the training loop does not synchronise with the device on every
+step; a diverged generation stops within that many steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rpu_ray.models import LossOutput, VAEEnsemble, make_loss
+
+__all__ = ["Member"]
+
+
+class Member:
+    """M fused VAEs trained together with shared hyperparameters.
+
+    Args:
+      hyperparameters: "lr", "batch_size" and the objective's hyperparameters (e.g. "beta").
+      num_models: M, the VAEs of the member.
+      image_shape: (C, H, W) of the training images.
+      z_dim: latent dimensions per VAE.
+      arch: "authors" or "dlib" (see `rpu_ray.models.vae`).
+      loss: a registered objective ("betatcvae", "betavae", "vae").
+      seed: determines the initial weights and the member's generator (it is not part of the
+        state: a loaded state brings its generator along).
+      device: where the model, the optimiser state and the training images live.
+      bf16: bfloat16 autocast for the model's forward (the objective is always float32).
+      channels_last: channels-last memory format for the model and the batches (for CUDA).
+      nan_check_every: optimiser steps between checks for a non-finite loss.
+    """
+
+    def __init__(
+        self,
+        hyperparameters: Mapping[str, float],
+        *,
+        num_models: int = 5,
+        image_shape: Sequence[int] = (1, 64, 64),
+        z_dim: int = 10,
+        arch: str = "authors",
+        loss: str = "betatcvae",
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        bf16: bool = False,
+        channels_last: bool = False,
+        nan_check_every: int = 100,
+    ) -> None:
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.loss_fn = make_loss(loss).to(self.device)
+        self._hparam_names = ("lr", "batch_size", *self.loss_fn.hyperparameters)
+        missing = set(self._hparam_names) - set(hyperparameters)
+        if missing:
+            raise ValueError(f"missing hyperparameters {sorted(missing)} for loss {loss!r}")
+        init_seed, data_seed = (
+            int(child.generate_state(1)[0]) for child in np.random.SeedSequence(seed).spawn(2)
+        )
+        # Initialise on the CPU under a private RNG: the same weights on every device, and the
+        # global RNG of the caller is left alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model = VAEEnsemble(num_models, image_shape, z_dim, arch)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        # The fused (single-kernel) Adam implementation on CUDA: the same update, fewer launches.
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=float(hyperparameters["lr"]),
+            fused=self.device.type == "cuda",
+        )
+        self.generator = torch.Generator(self.device)
+        self.generator.manual_seed(data_seed)
+        self.bf16 = bf16
+        self.nan_check_every = nan_check_every
+        self.config: dict[str, Any] = {
+            "num_models": num_models,
+            "image_shape": list(self.model.image_shape),
+            "z_dim": z_dim,
+            "arch": arch,
+            "loss": loss,
+        }
+        self.total_steps = 0
+        self.total_images = 0
+        self._hparams: dict[str, float] = {}
+        self.set_hyperparameters(**hyperparameters)
+
+    @property
+    def num_models(self) -> int:
+        return self.model.num_models
+
+    @property
+    def hyperparameters(self) -> dict[str, float]:
+        """Current hyperparameters (a copy); batch_size is an int."""
+        return dict(self._hparams)
+
+    def set_hyperparameters(self, **values: float) -> None:
+        """Sets any of lr, batch_size and the objective's hyperparameters (e.g. beta).
+
+        Meant to be applied after `load_state_dict` (PBT explore): lr goes into the optimiser's
+        param groups, the others take effect at the next `train`.
+        """
+        unknown = set(values) - set(self._hparam_names)
+        if unknown:
+            known = ", ".join(self._hparam_names)
+            raise ValueError(f"unknown hyperparameters {sorted(unknown)}; known: {known}")
+        for name, value in values.items():
+            if name == "batch_size":
+                if int(value) != value or value < 1:
+                    raise ValueError(f"batch_size must be a positive integer, got {value}")
+                self._hparams[name] = int(value)
+            else:
+                self._hparams[name] = float(value)
+        if "lr" in values:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._hparams["lr"]
+
+    def batch_size_for(self, num_images: int) -> int:
+        """The batch size `train` uses on `num_images` images: the hyperparameter clamped to
+        [2, num_images] (BatchNorm and the TC estimator need two images)."""
+        return max(2, min(int(self._hparams["batch_size"]), num_images))
+
+    def train_step(self, images: Tensor, index: Tensor) -> LossOutput:
+        """One optimiser step of all M models on one batch: gather, forward, backward, Adam.
+
+        Kept as one method so that it can later be captured whole in a CUDA graph.
+
+        Args:
+          images: (N, C, H, W) uint8 training set on the device; N enters the TC estimator.
+          index: (B,) indices of the batch's images.
+
+        Returns:
+          The detached per-model loss (M,) and logging terms.
+        """
+        x = images[index].to(memory_format=self.memory_format).float().div_(255)
+        eps = torch.randn(
+            (self.num_models, x.shape[0], self.model.z_dim),
+            generator=self.generator,
+            device=self.device,
+        )
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(x, eps)
+        out = out._make(t.float() for t in out)
+        result = self.loss_fn(x, out, self._hparams, images.shape[0])
+        self.optimizer.zero_grad(set_to_none=True)
+        result.loss.sum().backward()
+        self.optimizer.step()
+        self.loss_fn.after_step()
+        return LossOutput(result.loss.detach(), result.terms)
+
+    def train(self, images: Tensor, budget_images: int) -> dict[str, Any]:
+        """Trains one generation: `budget_images` images (see the module docstring).
+
+        Args:
+          images: (N, C, H, W) uint8 tensor on the member's device, values 0..255, N >= 2.
+          budget_images: images to train on (each seen by all M models), at least 2.
+
+        Returns:
+          A dict with per-model lists (length M) of the image-weighted mean "loss" and of every
+          logging term of the objective; "images_seen", "steps", "batch_size" (the one used),
+          "seconds", "model_images_per_s" (M * images_seen / seconds) and "diverged".
+        """
+        num_images = self._check_images(images)
+        if images.device != self.device:
+            raise ValueError(f"images are on {images.device}, the member on {self.device}")
+        if num_images < 2:
+            raise ValueError(f"need at least 2 images to train on, got {num_images}")
+        if budget_images < 2:
+            raise ValueError(f"budget_images must be at least 2, got {budget_images}")
+        batch_size = self.batch_size_for(num_images)
+        self.model.train()
+        start = time.perf_counter()
+        names: list[str] = []
+        sums: Tensor | None = None  # (1 + terms, M) image-weighted sums, kept on the device
+        seen = steps = 0
+        diverged = False
+        for index in self._batches(num_images, batch_size, budget_images):
+            result = self.train_step(images, index)
+            stacked = torch.stack([result.loss, *result.terms.values()])
+            if sums is None:
+                names, sums = ["loss", *result.terms], torch.zeros_like(stacked)
+            sums.add_(stacked, alpha=len(index))
+            seen += len(index)
+            steps += 1
+            # Non-finite values stay non-finite in the running sums: checking them is enough.
+            if steps % self.nan_check_every == 0 and not torch.isfinite(sums[0]).all():
+                diverged = True
+                break
+        assert sums is not None  # budget_images >= 2 and N >= 2 make at least one step
+        means = (sums / seen).tolist()  # synchronises with the device
+        seconds = time.perf_counter() - start
+        diverged = diverged or not all(np.isfinite(means[0]))
+        self.total_steps += steps
+        self.total_images += seen
+        return {
+            **dict(zip(names, means, strict=True)),
+            "images_seen": seen,
+            "steps": steps,
+            "batch_size": batch_size,
+            "seconds": seconds,
+            "model_images_per_s": self.num_models * seen / seconds,
+            "diverged": diverged,
+        }
+
+    def _batches(self, num_images: int, batch_size: int, budget: int) -> Iterator[Tensor]:
+        """Index tensors of the batches of one generation (see the module docstring)."""
+        generator, device = self.generator, self.device
+        permutation = torch.empty(0, dtype=torch.long, device=device)
+        position = num_images  # start with a fresh pass
+        left = budget
+        while left > 1:
+            if num_images - position < 2:
+                permutation = torch.randperm(num_images, generator=generator, device=device)
+                position = 0
+            size = min(batch_size, num_images - position, left)
+            yield permutation[position : position + size]
+            position += size
+            left -= size
+
+    @torch.no_grad()
+    def encode(self, images: Tensor, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
+        """Posterior means and log standard deviations of every model, without sampling.
+
+        Runs in eval mode (BatchNorm running statistics) and float32, on the member's device.
+
+        Args:
+          images: (N, C, H, W) uint8 images (any device; batches are moved to the member's).
+          batch_size: images per forward pass.
+
+        Returns:
+          mu, logsigma: (M, N, z) each, on the member's device.
+        """
+        self._check_images(images)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            parts = [
+                self.model.encode(
+                    chunk.to(self.device, memory_format=self.memory_format).float().div_(255)
+                )
+                for chunk in images.split(batch_size)
+            ]
+        finally:
+            self.model.train(was_training)
+        return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training: weights, Adam state, the objective's state,
+        hyperparameters, generator state and counters, as tensors and plain containers
+        (loadable with `torch.load(..., weights_only=True)`). Tensors are the live ones, as in
+        `nn.Module.state_dict`: save or copy them to keep a snapshot."""
+        return {
+            "config": dict(self.config),
+            "hyperparameters": self.hyperparameters,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "loss": self.loss_fn.state_dict(),
+            "generator": self.generator.get_state(),
+            "total_steps": self.total_steps,
+            "total_images": self.total_images,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores a `state_dict` from a member of the same configuration (any seed).
+
+        The member continues exactly as the saved one would (weights, Adam moments, generator);
+        call `set_hyperparameters` afterwards to change hyperparameters (PBT explore).
+        """
+        if dict(state["config"]) != self.config:
+            raise ValueError(f"state of a different member configuration: {state['config']}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.generator.set_state(state["generator"].cpu())
+        self.total_steps = int(state["total_steps"])
+        self.total_images = int(state["total_images"])
+        self._hparams = {}
+        self.set_hyperparameters(**state["hyperparameters"])
+
+    def _check_images(self, images: Tensor) -> int:
+        """Validates a uint8 (N, C, H, W) image tensor and returns N."""
+        shape = (images.shape[0], *self.model.image_shape)
+        if images.dtype != torch.uint8 or images.shape != shape:
+            raise ValueError(
+                f"expected uint8 images of shape (N, C, H, W) = {shape}, "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
+        return images.shape[0]

@@ -1,0 +1,37 @@
+"""Fused VAE ensembles (M models in one module) and their per-model objectives."""
+
+from rpu_ray.models.losses import (
+    LOSSES,
+    BetaTCVAELoss,
+    BetaVAELoss,
+    ELBOLoss,
+    LossOutput,
+    VAELoss,
+    make_loss,
+    register_loss,
+)
+from rpu_ray.models.vae import (
+    ARCHITECTURES,
+    VAE,
+    VAEEnsemble,
+    VAEOutput,
+    fuse_models,
+    split_ensemble,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "LOSSES",
+    "VAE",
+    "BetaTCVAELoss",
+    "BetaVAELoss",
+    "ELBOLoss",
+    "LossOutput",
+    "VAEEnsemble",
+    "VAELoss",
+    "VAEOutput",
+    "fuse_models",
+    "make_loss",
+    "register_loss",
+    "split_ensemble",
+]
