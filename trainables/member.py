@@ -15,6 +15,7 @@ population), `lr`, `batch_size`, `beta`. Static settings (`with_parameters`): `s
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,29 @@ def member_seed(experiment_seed: int, run: str, member: int) -> int:
     """Seed of a member's initial weights and data order, from the experiment seed only."""
     words = [experiment_seed, member, *run.encode()]
     return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+FAULT_ENV = "RPU_RAY_INJECT_FAULT"
+
+
+def inject_fault() -> None:
+    """Fault injection for tests of crash recovery (never active unless asked for).
+
+    If the environment variable RPU_RAY_INJECT_FAULT names an existing file, the first trial
+    step (of a trial past its first generation) to claim that file by renaming it fails: it
+    raises if the file says "raise", or its process dies with SIGKILL if it says "kill".
+    """
+    path = os.environ.get(FAULT_ENV)
+    if not path:
+        return
+    claimed = f"{path}.claimed-{os.getpid()}"
+    try:
+        os.rename(path, claimed)  # atomic: exactly one trial claims the fault
+    except FileNotFoundError:
+        return
+    if Path(claimed).read_text().strip() == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"fault injected through {FAULT_ENV}")
 
 
 def choose_device(preference: str) -> torch.device:
@@ -115,6 +139,8 @@ class MemberTrainable(tune.Trainable):
     # ------------------------------------------------------------------ Tune API
 
     def step(self) -> dict[str, Any]:
+        if self.iteration >= 1:  # a checkpoint to recover from exists
+            inject_fault()
         stats = self.member.train(self.images, self.experiment.train.generation_images)
         evaluation: dict[str, Any]
         if stats["diverged"]:
@@ -125,6 +151,10 @@ class MemberTrainable(tune.Trainable):
         else:
             evaluation = score_supervised(self.member, self.images, self.factors,
                                           self.experiment.eval, metric=self.mode)
+        if not np.isfinite(evaluation["score"]):
+            # The worst possible score: ranked last, replaced at the next exploit, and never
+            # kept as a "best" checkpoint (NaN would not order).
+            evaluation["score"] = -np.inf
         return {
             **evaluation,
             "loss": float(np.mean(stats["loss"])),

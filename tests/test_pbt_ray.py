@@ -1,0 +1,159 @@
+"""PBT on a local Ray: exploitation, divergence, restore after an interrupt, crash recovery.
+
+One Ray instance for the whole module (starting Ray costs seconds); tiny data and budgets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from rpu_ray import data  # noqa: E402
+from rpu_ray.checkpoint import load_checkpoint  # noqa: E402
+from rpu_ray.config import load_config  # noqa: E402
+from rpu_ray.driver import initial_population, run_pbt  # noqa: E402
+from rpu_ray.experiment import resume_pbt  # noqa: E402
+from rpu_ray.export import load_vae  # noqa: E402
+from rpu_ray.pbt import decisions_frame  # noqa: E402
+from trainables.member import FAULT_ENV  # noqa: E402
+
+# Tiny budgets; no end condition on low UDR (members this small rarely reach 0.1).
+SMALL = ["train.generation_images=200", "pbt.policy.max_generations=3", "eval.udr_points=100",
+         "pbt.policy.min_score="]
+
+
+@pytest.fixture(scope="module")
+def fault_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where a test puts a fault for the trials to inject (see trainables.member)."""
+    return tmp_path_factory.mktemp("faults") / "fault"
+
+
+@pytest.fixture(scope="module")
+def ray_session(fault_file: Path):
+    # Workers inherit the environment of the Ray instance started here.
+    os.environ[FAULT_ENV] = str(fault_file)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 1024**2)
+    yield
+    ray.shutdown()
+    del os.environ[FAULT_ENV]
+
+
+def _generations(out: Path) -> list[dict]:
+    lines = (out / "events.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == "generation"]
+
+
+def _seed_with_mixed_population(overrides: list[str]) -> int:
+    """A seed whose 4 initial members include both lr values of a two-value grid."""
+    for seed in range(50):
+        config = load_config(preset_name="smoke", overrides=[*overrides, f"seed={seed}"])
+        lrs = [m["lr"] for m in initial_population(config, "pbt")]
+        if 1 <= lrs.count(1e6) <= 2:
+            return seed
+    raise AssertionError("no seed gives a mixed population")
+
+
+def test_pbt_exploits_and_replaces_diverged_members(ray_session, tmp_path: Path) -> None:
+    # lr 1e6 makes a member diverge (NaN loss) in its first generation.
+    overrides = [*SMALL, "pbt.policy.lr_max=1e6", "pbt.policy.lr_grid=[1e-3, 1e6]"]
+    seed = _seed_with_mixed_population(overrides)
+    config = load_config(preset_name="smoke", overrides=[*overrides, f"seed={seed}"])
+    dataset = data.load("dsprites", image_size=32, subsample=config.data.subsample)
+    result = run_pbt(config, dataset, "udr", tmp_path, progress=False)
+
+    assert result.stop_reason == "max_generations" and result.generations == 3
+    assert result.num_errors == 0
+    assert [g["generation"] for g in _generations(tmp_path)] == [0, 1, 2]
+    results = pd.read_csv(tmp_path / "results.csv")
+    first = results[results.training_iteration == 1]
+    # Diverged (NaN loss or non-finite codes): the worst score, -inf.
+    diverged = set(first[np.isneginf(first.score)].member)
+    assert diverged and diverged == set(first[first.lr == 1e6].member)
+
+    decisions = decisions_frame(tmp_path / "events.jsonl")
+    at_zero = decisions[decisions.generation == 0]
+    # Every diverged member is replaced by a finite-scored donor at the first barrier.
+    assert diverged <= set(at_zero.member_index)
+    assert set(at_zero.donor_index).isdisjoint(diverged)
+    assert at_zero["member_score"].isna().all() or not diverged
+    # The clone carries the donor's lineage and the explored hyperparameters.
+    clone = int(at_zero.member_index.iloc[0])
+    donor = int(at_zero.donor_index.iloc[0])
+    later = results[(results.member == clone) & (results.training_iteration == 2)].iloc[0]
+    assert later.lineage == f"{donor}-{clone}"
+    new_lr = at_zero["new_hparams.lr"].iloc[0]
+    assert later.lr == pytest.approx(new_lr)
+    assert later.lr != 1e6 and np.isfinite(later.score)
+    factors = at_zero["factors.lr"].iloc[0]
+    assert factors in (2.0, 1.2, 0.8, 0.5)
+
+    # Checkpoints record the lineage too; the exported VAE loads and carries its score.
+    trial_dirs = sorted((tmp_path / "tune" / "pbt").glob("MemberTrainable_*"))
+    lineages = {tuple(load_checkpoint(ck / "member.pt")["lineage"])
+                for d in trial_dirs for ck in d.glob("checkpoint_*")}
+    assert any(len(lineage) == 2 for lineage in lineages)
+    model, metadata = load_vae(tmp_path / "best_vae.pt")
+    assert model.num_models == 1 and np.isfinite(metadata["score"])
+    assert metadata["score"] == pytest.approx(result.best_score)
+    assert (tmp_path / "pbt.png").stat().st_size > 0
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_interrupted_run_resumes_where_it_stopped(ray_session, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "rpu_ray.cli", "-q", "pbt", "--preset", "smoke",
+               "--out", str(out), *[a for o in SMALL for a in ("--set", o)],
+               "--set", "pbt.policy.max_generations=4"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if (out / "events.jsonl").exists() and _generations(out):
+            break
+        time.sleep(0.5)
+    assert process.poll() is None, process.stdout.read()
+    process.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and returns
+    output, _ = process.communicate(timeout=120)
+    assert "interrupted after" in output and "--resume" in output, output
+    done_before = len(_generations(out))
+    assert 1 <= done_before < 4
+
+    resume_pbt(out)
+    generations = _generations(out)
+    assert [g["generation"] for g in generations] == list(range(4))
+    assert generations[-1]["stop_reason"] == "max_generations"
+    results = pd.read_csv(out / "results.csv")
+    assert results.groupby("trial_id").training_iteration.max().eq(4).all()
+
+
+@pytest.mark.parametrize("fault", ["raise", "kill"])
+def test_failed_trial_is_retried_from_its_checkpoint(ray_session, fault_file: Path,
+                                                     tmp_path: Path, fault: str) -> None:
+    """A trial that raises once, or whose process is killed mid-step, resumes from its
+    last checkpoint (FailureConfig) and the run completes with every member."""
+    config = load_config(preset_name="smoke", overrides=[*SMALL, "pbt.max_failures=2"])
+    dataset = data.load("dsprites", image_size=32, subsample=config.data.subsample)
+    fault_file.write_text(fault)
+    result = run_pbt(config, dataset, "udr", tmp_path, progress=False)
+    assert not fault_file.exists()  # the fault was claimed by one trial
+    assert result.num_errors == 0 and result.stop_reason == "max_generations"
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert results.groupby("trial_id").training_iteration.max().eq(3).all()
+    state = json.loads(max((tmp_path / "tune" / "pbt").glob("experiment_state-*.json")
+                           ).read_text())
+    # Each entry is (trial description, run metadata) as JSON strings; Tune counts failures.
+    failures = [json.loads(metadata)["num_failures"] for _, metadata in state["trial_data"]]
+    assert sum(failures) == 1
