@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,7 @@ class GenerationalPBT(PopulationBasedTraining):
         ranking = rank(scores)
         best = by_id[ranking[0]]
         summary = {
-            "event": GENERATION_EVENT, "generation": generation,
+            "event": GENERATION_EVENT, "generation": generation, "time": time.time(),
             "best_score": _json_float(self.best_scores[-1]),
             "median_score": _json_float(_median([scores[i] for i in ranking])),
             "population": len(scores), "best_member": best.config.get("member"),
