@@ -1,0 +1,89 @@
+"""Member scoring: the fixed evaluation subset, UDR and supervised scores equal the metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rpu_ray.config import EvalConfig
+from rpu_ray.engine import Member
+from rpu_ray.evaluation import best_model, evaluation_positions, score_supervised, score_udr
+from rpu_ray.metrics import authors_pseudo_kl, gaussian_kl, mig, udr
+
+HPARAMS = {"lr": 1e-3, "batch_size": 32, "beta": 4}
+
+
+@pytest.fixture(scope="module")
+def member_and_images() -> tuple[Member, torch.Tensor, np.ndarray]:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    # Squares at random positions: two factors (x, y) with 8 classes each, plus a constant one.
+    factors = np.stack([rng.integers(0, 8, 300), rng.integers(0, 8, 300),
+                        np.zeros(300, int)], axis=1)
+    images = np.zeros((300, 1, 32, 32), np.uint8)
+    for i, (x, y, _) in enumerate(factors):
+        images[i, 0, 4 + 3 * y: 10 + 3 * y, 4 + 3 * x: 10 + 3 * x] = 255
+    member = Member(HPARAMS, num_models=3, image_shape=(1, 32, 32), seed=1)
+    tensor = torch.from_numpy(images)
+    member.train(tensor, 600)
+    return member, tensor, factors
+
+
+def test_evaluation_positions_are_the_authors_fixed_subset() -> None:
+    positions = evaluation_positions(5000, 1000, seed=0)
+    np.testing.assert_array_equal(positions, np.random.RandomState(0).permutation(5000)[:1000])
+    np.testing.assert_array_equal(positions, evaluation_positions(5000, 1000, seed=0))
+    assert len(evaluation_positions(300, 1000, seed=0)) == 300
+    with pytest.raises(ValueError, match="cannot evaluate"):
+        evaluation_positions(1, 10, seed=0)
+
+
+@pytest.mark.parametrize("kl", ["gaussian", "authors"])
+def test_udr_score_is_the_mean_of_udr_model_scores(member_and_images, kl: str) -> None:
+    member, images, _ = member_and_images
+    config = EvalConfig(udr_points=205, kl=kl)
+    result = score_udr(member, images, config)
+    positions = evaluation_positions(len(images), 205, config.score_seed)
+    mu, logsigma = (t.double().numpy() for t in member.encode(images[positions]))
+    if kl == "gaussian":
+        kls = np.stack([gaussian_kl(m, s) for m, s in zip(mu, logsigma, strict=True)])
+    else:  # the authors drop the points beyond whole batches of 10
+        kls = np.stack([authors_pseudo_kl(m[:200], s[:200]) for m, s in
+                        zip(mu, logsigma, strict=True)])
+    expected = udr(mu, kls, empty_model_score=0.0)
+    np.testing.assert_allclose(result["model_scores"], expected, rtol=0, atol=1e-12)
+    assert result["score"] == pytest.approx(float(np.mean(expected)), abs=1e-12)
+    np.testing.assert_allclose(result["kl"], kls, rtol=1e-12)
+
+
+def test_supervised_scores_drop_constant_factors_and_respect_the_label_budget(
+        member_and_images) -> None:
+    member, images, factors = member_and_images
+    config = EvalConfig(mig_points=250, labels=120)
+    result = score_supervised(member, images, factors, config)
+    positions = evaluation_positions(len(images), 120, config.score_seed)
+    mu = member.encode(images[positions])[0].double().numpy()
+    expected = [mig(codes, factors[positions][:, :2]) for codes in mu]
+    np.testing.assert_allclose(result["model_scores"], expected, rtol=0, atol=1e-12)
+    assert result["score"] == pytest.approx(np.mean(expected))
+    dci_result = score_supervised(member, images, factors, EvalConfig(mig_points=200), "dci")
+    assert 0.0 <= dci_result["score"] <= 1.0 and len(dci_result["model_scores"]) == 3
+    with pytest.raises(ValueError, match="every factor is constant"):
+        score_supervised(member, images, np.zeros_like(factors), config)
+    with pytest.raises(ValueError, match="unknown supervised metric"):
+        score_supervised(member, images, factors, config, metric="sap")
+
+
+def test_non_finite_codes_score_nan(member_and_images) -> None:
+    _, images, factors = member_and_images
+    broken = Member(HPARAMS, num_models=2, image_shape=(1, 32, 32), seed=2)
+    with torch.no_grad():
+        next(broken.model.parameters()).fill_(float("nan"))
+    assert np.isnan(score_udr(broken, images, EvalConfig(udr_points=50))["score"])
+    assert np.isnan(score_supervised(broken, images, factors, EvalConfig(mig_points=50))["score"])
+
+
+def test_best_model_ignores_nan() -> None:
+    assert best_model([0.2, float("nan"), 0.5, 0.5]) == 2
+    assert best_model([float("nan"), 0.1]) == 1
