@@ -157,3 +157,26 @@ def test_failed_trial_is_retried_from_its_checkpoint(ray_session, fault_file: Pa
     # Each entry is (trial description, run metadata) as JSON strings; Tune counts failures.
     failures = [json.loads(metadata)["num_failures"] for _, metadata in state["trial_data"]]
     assert sum(failures) == 1
+
+
+def test_supervised_pbt_with_few_labels_and_a_big_initial_population(ray_session,
+                                                                     tmp_path: Path) -> None:
+    """PBT-S-VAE scored by MIG on 200 labels; after generation 0 only the best half stays."""
+    config = load_config(preset_name="smoke", overrides=[
+        *SMALL, "model.num_models=1", "eval.labels=200", "eval.mig_points=500",
+        "pbt.policy.max_generations=2", "pbt.policy.big_init_population_factor=2"])
+    dataset = data.load("dsprites", image_size=32, subsample=config.data.subsample)
+    result = run_pbt(config, dataset, "mig", tmp_path, progress=False)
+    assert result.stop_reason == "max_generations" and result.num_errors == 0
+    generations = _generations(tmp_path)
+    assert [g["population"] for g in generations] == [2, 2]
+    assert generations[0]["dropped"] == 2
+    results = pd.read_csv(tmp_path / "results.csv")
+    last = results.groupby("member").training_iteration.max()
+    assert sorted(last.tolist()) == [1, 1, 2, 2]  # two members were stopped after generation 0
+    first = results[results.training_iteration == 1].set_index("member").score
+    survivors = set(last[last == 2].index)
+    assert min(first[list(survivors)]) >= max(first.drop(list(survivors)))
+    assert 0.0 <= result.best_score <= 1.0
+    _, metadata = load_vae(tmp_path / "best_vae.pt")
+    assert metadata["mode"] == "mig"
