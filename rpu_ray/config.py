@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from rpu_ray.pbt import PBTPolicy
+from rpu_ray.reduction import ReductionConfig
 
 PRESETS = ("smoke", "demo", "paper")
 
@@ -148,6 +149,41 @@ class PBTConfig:
 
 
 @dataclass
+class RPUConfig:
+    """The recursion (Algorithm 1): leaf-runs, dataset reduction and the final model."""
+
+    leaf_runs: int = 3
+    # metaEpochs per leaf-run at most (the authors had no cap).
+    max_depth: int = 6
+    # Images per generation in leaf-run metaEpochs; None = max(10,000, |d|) as the authors.
+    leaf_generation_images: int | None = None
+    # Active latents, peak finding, intervals, intersections, size_d_min (rpu_ray.reduction).
+    reduction: ReductionConfig = field(default_factory=ReductionConfig)
+    # The final PBT-S-VAE on the surrogate labels (authors: 56 -> 28 single VAEs, 17
+    # generations, no convergence rule).
+    final_population: int | None = None  # None: pbt.population
+    final_generations: int = 17
+    final_big_init_factor: int = 2
+    final_num_models: int = 1
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.leaf_runs < 0:
+            out.append(f"leaf_runs: must be >= 0, got {self.leaf_runs}")
+        if self.max_depth < 1:
+            out.append(f"max_depth: must be >= 1, got {self.max_depth}")
+        if self.leaf_generation_images is not None and self.leaf_generation_images < 2:
+            out.append("leaf_generation_images: must be >= 2")
+        if self.final_population is not None and self.final_population < 2:
+            out.append("final_population: PBT needs at least 2 members")
+        if self.final_generations < 1 or self.final_big_init_factor < 1:
+            out.append("final_generations and final_big_init_factor must be >= 1")
+        if self.final_num_models < 1:
+            out.append("final_num_models: must be >= 1")
+        return out
+
+
+@dataclass
 class ResourcesConfig:
     """Ray resources of one trial (one member)."""
 
@@ -181,6 +217,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pbt: PBTConfig = field(default_factory=PBTConfig)
+    rpu: RPUConfig = field(default_factory=RPUConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def problems(self) -> list[str]:

@@ -31,13 +31,13 @@ import pandas as pd
 from rpu_ray.checkpoint import load_checkpoint, save_checkpoint
 from rpu_ray.config import ExperimentConfig, dump_config, to_dict
 from rpu_ray.data import Dataset
-from rpu_ray.evaluation import best_model
+from rpu_ray.evaluation import LabelChain, best_model
 from rpu_ray.export import export_vae
 from rpu_ray.pbt import initial_hyperparameters
 
 log = logging.getLogger(__name__)
 
-MODES = ("udr", "mig", "dci")
+MODES = ("udr", "mig", "dci", "leafmig")
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ def _progress_printer(run: str) -> Callable[[dict[str, Any]], None]:
     return report
 
 
-def _trainable(experiment: ExperimentConfig, dataset: Dataset, mode: str, run: str) -> Any:
+def _trainable(experiment: ExperimentConfig, dataset: Dataset, mode: str, run: str,
+               images_ref: Any, label_chains: list[LabelChain] | None) -> Any:
     from ray import tune
 
     from trainables.member import MemberTrainable
@@ -87,9 +88,12 @@ def _trainable(experiment: ExperimentConfig, dataset: Dataset, mode: str, run: s
     settings = {"experiment": to_dict(experiment), "mode": mode, "run": run}
     resources = {"cpu": experiment.resources.cpus_per_trial,
                  "gpu": experiment.resources.gpus_per_trial}
-    # One object-store copy of the images per node; trials read it zero-copy.
-    trainable = tune.with_parameters(MemberTrainable, settings=settings, images=dataset.images,
-                                     subset=dataset.indices, factors=dataset.factors)
+    # The images live in the object store once (trials read them zero-copy); a caller that
+    # runs several PBT runs on one data set passes its reference so they are not put again.
+    trainable = tune.with_parameters(
+        MemberTrainable, settings=settings,
+        images=images_ref if images_ref is not None else dataset.images,
+        subset=dataset.indices, factors=dataset.factors, label_chains=label_chains)
     return tune.with_resources(trainable, resources)
 
 
@@ -104,8 +108,15 @@ def _param_space(population: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: str | Path,
-            run: str = "pbt", resume: bool = False, progress: bool = True) -> PBTRunResult:
-    """Run (or with `resume`, continue) one PBT experiment on the connected Ray cluster."""
+            run: str = "pbt", resume: bool = False, progress: bool = True,
+            images_ref: Any = None, label_chains: list[LabelChain] | None = None
+            ) -> PBTRunResult:
+    """Run (or with `resume`, continue) one PBT experiment on the connected Ray cluster.
+
+    Modes: "udr" (PBT-U-VAE), "mig"/"dci" (PBT-S-VAE on the data set's factors), "leafmig"
+    (the final run: leaf-MIG on `label_chains`, the surrogate labels of the leaf-runs).
+    `images_ref`: an object-store reference to `dataset.images`, if the caller holds one.
+    """
     import ray
     from ray import tune
 
@@ -115,7 +126,9 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "udr" and experiment.model.num_models < 2:
         raise ValueError("UDR compares the VAEs of a member: model.num_models must be >= 2")
-    if mode != "udr" and not dataset.has_factors:
+    if mode == "leafmig" and not label_chains:
+        raise ValueError("mode 'leafmig' needs the surrogate-label chains of the leaf-runs")
+    if mode in ("mig", "dci") and not dataset.has_factors:
         raise ValueError(f"mode {mode!r} scores members on labels, but {dataset.source} has none")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +137,7 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
         ray.init(log_to_driver=False)
     # Tune's newer console output prints tables even when silent; our progress lines suffice.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    trainable = _trainable(experiment, dataset, mode, run)
+    trainable = _trainable(experiment, dataset, mode, run, images_ref, label_chains)
     if resume:
         if not tune.Tuner.can_restore(str(storage / run)):
             raise FileNotFoundError(f"{storage / run}: no Tune experiment to resume")

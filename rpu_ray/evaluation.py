@@ -27,9 +27,21 @@ import torch
 
 from rpu_ray.config import EvalConfig
 from rpu_ray.engine import Member
-from rpu_ray.metrics import authors_pseudo_kl, dci, gaussian_kl, mig, udr
+from rpu_ray.metrics import (
+    authors_pseudo_kl,
+    dci,
+    discrete_entropy,
+    discrete_mutual_info,
+    gaussian_kl,
+    histogram_discretize,
+    mig,
+    udr,
+)
 
-__all__ = ["best_model", "evaluation_positions", "score_supervised", "score_udr"]
+__all__ = ["best_model", "evaluation_positions", "score_leaf_mig", "score_supervised",
+           "score_udr"]
+
+LabelChain = list[tuple[np.ndarray, np.ndarray]]  # (indices into the full set, labels) per level
 
 
 def evaluation_positions(num_images: int, num_points: int, seed: int) -> np.ndarray:
@@ -108,6 +120,55 @@ def score_supervised(member: Member, images: torch.Tensor, factors: np.ndarray,
                       seed=config.score_seed, mode=config.dci_mode)["disentanglement"]
                   for codes in mu]
     return {"score": float(np.mean(scores)), "model_scores": [float(s) for s in scores]}
+
+
+def _leaf_mig_of_model(codes_by_level: list[np.ndarray], labels_by_level: list[np.ndarray],
+                       num_bins: int) -> float:
+    """The authors' leaf-MIG of one model on one label chain (original-code-spec §5.6).
+
+    Per level: codes and the continuous surrogate labels are both discretised with a
+    `num_bins` histogram over that level's sample; the MI columns of all levels are
+    concatenated and MIG is averaged over every label column (constant columns skipped).
+    """
+    gaps = []
+    for codes, labels in zip(codes_by_level, labels_by_level, strict=True):
+        discrete_labels = histogram_discretize(labels, num_bins)
+        mutual_info = discrete_mutual_info(histogram_discretize(codes, num_bins), discrete_labels)
+        entropy = discrete_entropy(discrete_labels)
+        top_two = -np.partition(-mutual_info, 1, axis=0)[:2]
+        informative = entropy > 0
+        gaps.extend((top_two[0] - top_two[1])[informative] / entropy[informative])
+    return float(np.mean(gaps)) if gaps else float("nan")
+
+
+def score_leaf_mig(member: Member, images: torch.Tensor, chains: list[LabelChain],
+                   config: EvalConfig) -> dict[str, Any]:
+    """The final run's score: leaf-MIG on the surrogate labels of every leaf-run, median over
+    leaf-runs, mean over the member's VAEs (original-code-spec §5.6).
+
+    `images` is the full data set; each chain holds, per level, the positions of the labelled
+    images in it and their labels. One RandomState(score_seed) draws, in order over chains and
+    levels, up to `mig_points` images of each level, as the authors do (so every generation
+    and every member sees the same images).
+    """
+    rng = np.random.RandomState(config.score_seed)
+    per_chain = []  # (M,) leaf-MIG of every VAE, one entry per chain
+    for chain in chains:
+        codes_by_level, labels_by_level = [], []
+        for indices, labels in chain:
+            take = rng.choice(len(indices), size=min(config.mig_points, len(indices)),
+                              replace=False)
+            mu, _ = _encode(member, images, indices[take])
+            if not np.isfinite(mu).all():
+                nan_scores = [float("nan")] * member.num_models
+                return {"score": float("nan"), "model_scores": nan_scores}
+            codes_by_level.append(mu)
+            labels_by_level.append(labels[take])
+        per_chain.append([_leaf_mig_of_model([c[m] for c in codes_by_level], labels_by_level,
+                                             config.mig_bins)
+                          for m in range(member.num_models)])
+    model_scores = np.median(np.asarray(per_chain), axis=0)
+    return {"score": float(np.mean(model_scores)), "model_scores": model_scores.tolist()}
 
 
 def best_model(model_scores: list[float] | np.ndarray) -> int:

@@ -40,7 +40,7 @@ def test_resolution_order_file_preset_overrides(tmp_path: Path) -> None:
     assert config.train.generation_images == 1000  # from the smoke preset
     assert config.seed == 9  # override over file
     assert config.data.subsample == [1, 1, 2, 2, 2]
-    assert load_config(path, preset_name="demo").train.generation_images == 20_000
+    assert load_config(path, preset_name="demo").train.generation_images == 3000
 
 
 def test_parse_override_values_are_yaml() -> None:

@@ -8,8 +8,10 @@ zero-copy view and moves the current subset to its device once (DESIGN principle
 
 Config keys (Tune's per-trial config, perturbed by the scheduler): `member` (index in the
 population), `lr`, `batch_size`, `beta`. Static settings (`with_parameters`): `settings`
-= {"experiment": config dict, "mode": "udr" | "mig" | "dci", "run": name of this PBT run},
-`images` uint8 (N, C, H, W), optional `subset` (positions into `images`) and `factors`.
+= {"experiment": config dict, "mode": "udr" | "mig" | "dci" | "leafmig", "run": name of this
+PBT run}, `images` uint8 (N, C, H, W) (or an object-store reference to it), optional `subset`
+(positions into `images`), `factors` (for mig/dci) and `label_chains` (for leafmig: the
+surrogate-label chains of the leaf-runs, positions into the full `images`).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 from ray import tune
 
 from rpu_ray.checkpoint import load_checkpoint, save_checkpoint
 from rpu_ray.config import ExperimentConfig, from_dict
 from rpu_ray.engine import Member
-from rpu_ray.evaluation import score_supervised, score_udr
+from rpu_ray.evaluation import LabelChain, score_leaf_mig, score_supervised, score_udr
 
 CHECKPOINT_FILE = "member.pt"
 
@@ -74,11 +77,15 @@ class MemberTrainable(tune.Trainable):
     """One population member (M fused VAEs) as a class-based Tune trainable."""
 
     def setup(self, config: dict[str, Any], settings: dict[str, Any] | None = None,
-              images: np.ndarray | None = None, subset: np.ndarray | None = None,
-              factors: np.ndarray | None = None) -> None:
+              images: np.ndarray | ray.ObjectRef | None = None,
+              subset: np.ndarray | None = None, factors: np.ndarray | None = None,
+              label_chains: list[LabelChain] | None = None) -> None:
         if settings is None or images is None:
             raise ValueError("MemberTrainable needs `settings` and `images` "
                              "(pass them with tune.with_parameters)")
+        if isinstance(images, ray.ObjectRef):  # the driver's one copy in the object store
+            images = ray.get(images)
+        self.label_chains = label_chains
         self.experiment: ExperimentConfig = from_dict(settings["experiment"])
         self.mode: str = settings["mode"]
         self.run_name: str = settings["run"]
@@ -87,8 +94,10 @@ class MemberTrainable(tune.Trainable):
         self.images = self._device_images(images, subset)
         self.factors = None if factors is None else (
             np.asarray(factors) if subset is None else np.asarray(factors)[subset])
-        if self.mode != "udr" and self.factors is None:
+        if self.mode in ("mig", "dci") and self.factors is None:
             raise ValueError(f"mode {self.mode!r} scores on labels, but no factors were given")
+        if self.mode == "leafmig" and (not label_chains or subset is not None):
+            raise ValueError("mode 'leafmig' needs label_chains and the full data set")
         self._build(config)
 
     # ------------------------------------------------------------------ setup helpers
@@ -148,6 +157,9 @@ class MemberTrainable(tune.Trainable):
             evaluation = {"score": nan, "model_scores": [nan] * self.member.num_models}
         elif self.mode == "udr":
             evaluation = score_udr(self.member, self.images, self.experiment.eval)
+        elif self.mode == "leafmig":
+            evaluation = score_leaf_mig(self.member, self.images, self.label_chains,
+                                        self.experiment.eval)
         else:
             evaluation = score_supervised(self.member, self.images, self.factors,
                                           self.experiment.eval, metric=self.mode)

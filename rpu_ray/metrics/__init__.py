@@ -1,0 +1,29 @@
+"""Disentanglement metrics matching google-research/disentanglement_lib numerically.
+
+Layout: codes and factors are (num_points, dims); factors are integer class indices.
+See docs in each module and /work/shared/reference/metrics-spec.md for the library behaviour.
+"""
+
+from rpu_ray.metrics.dci import dci, dci_completeness, dci_disentanglement, dci_importance
+from rpu_ray.metrics.mig import mig
+from rpu_ray.metrics.representation import authors_pseudo_kl, gaussian_kl, histogram_discretize
+from rpu_ray.metrics.sap import sap
+from rpu_ray.metrics.udr import udr, udr_member_score, udr_pairwise
+from rpu_ray.metrics.utils import discrete_entropy, discrete_mutual_info
+
+__all__ = [
+    "authors_pseudo_kl",
+    "dci",
+    "dci_completeness",
+    "dci_disentanglement",
+    "dci_importance",
+    "discrete_entropy",
+    "discrete_mutual_info",
+    "gaussian_kl",
+    "histogram_discretize",
+    "mig",
+    "sap",
+    "udr",
+    "udr_member_score",
+    "udr_pairwise",
+]
