@@ -16,10 +16,12 @@ PBT-S-VAE scored by MIG/DCI) on the current Ray cluster and writes its outputs:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +33,17 @@ import pandas as pd
 from rpu_ray.checkpoint import load_checkpoint, save_checkpoint
 from rpu_ray.config import ExperimentConfig, dump_config, to_dict
 from rpu_ray.data import Dataset
-from rpu_ray.evaluation import LabelChain, best_model
-from rpu_ray.export import export_vae
+from rpu_ray.evaluation import (
+    LabelChain,
+    best_model,
+    encode_images,
+    evaluate_model,
+    per_latent_kl,
+)
+from rpu_ray.export import export_vae, load_vae
+from rpu_ray.labels import LabelLevel, LeafRunLabels
 from rpu_ray.pbt import initial_hyperparameters
+from rpu_ray.reduction import active_latents, reduce
 
 log = logging.getLogger(__name__)
 
@@ -226,3 +236,217 @@ def plot_pbt(generations: list[dict[str, Any]], results: pd.DataFrame, path: Pat
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- rPU-VAE
+
+STATE_FILE = "state.json"
+EVENTS_FILE = "events.jsonl"
+
+
+def _write_json_atomically(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+class RPUDriver:
+    """Algorithm 1 of the paper: x-run, leaf-runs of recursive metaEpochs, final model.
+
+    Every step is recorded in `OUT/state.json` (written atomically) and `OUT/events.jsonl`
+    (append-only) as soon as it finishes, and every metaEpoch is one PBT run in
+    `OUT/metaepochs/<key>/` (`x`, `leaf1-1`, `leaf1-2`, ...). Running the driver again on the
+    same directory (`rpu-ray resume`) skips what is done, resumes the PBT run in flight with
+    `Tuner.restore` and recomputes only the pure, cheap steps (reductions).
+
+    Outputs besides: `labels/leaf-<i>.npz` (the surrogate-label tree of each leaf-run,
+    `rpu_ray.labels`), `final/` (the final PBT-S-VAE run), `final_model.pt`, `metrics.json`.
+    """
+
+    def __init__(self, out_dir: str | Path, experiment: ExperimentConfig, dataset: Dataset,
+                 progress: bool = True) -> None:
+        self.out_dir = Path(out_dir).resolve()
+        self.experiment = experiment
+        self.dataset = dataset
+        self.progress = progress
+        path = self.out_dir / STATE_FILE
+        self.state: dict[str, Any] = (json.loads(path.read_text()) if path.exists() else
+                                      {"phase": "x-run", "metaepochs": {}, "leaf_runs": {}})
+        self._images_ref: Any = None
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _save(self) -> None:
+        _write_json_atomically(self.out_dir / STATE_FILE, self.state)
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        event = {"event": kind, "time": time.time(), **fields}
+        with (self.out_dir / EVENTS_FILE).open("a") as f:
+            f.write(json.dumps(event) + "\n")
+        if self.progress:
+            details = ", ".join(f"{k}={v}" for k, v in fields.items())
+            print(f"[rpu-ray] {kind}: {details}", flush=True)
+
+    def status(self) -> dict[str, Any]:
+        """The current state (what `rpu-ray status` shows); safe to call while running."""
+        return json.loads(json.dumps(self.state))
+
+    # ------------------------------------------------------------------ the algorithm
+
+    def run(self) -> dict[str, Any]:
+        """Run (or continue) the whole algorithm; returns the final state."""
+        import ray
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._images_ref = ray.put(self.dataset.images)  # one object-store copy per run
+        root = self._x_run()
+        if root is not None:
+            for leaf in range(1, self.experiment.rpu.leaf_runs + 1):
+                self._leaf_run(leaf, root)
+            self._final_run()
+        self.state["phase"] = "done"
+        self._save()
+        self._event("done", final_model=self.state.get("final", {}).get("model"))
+        return self.status()
+
+    def _metaepoch(self, key: str, dataset: Dataset, generation_images: int) -> dict[str, Any]:
+        """One PBT-U-VAE run on `dataset` until convergence, then labelling with its best VAE."""
+        from ray import tune
+
+        records = self.state["metaepochs"]
+        if records.get(key, {}).get("status") == "done":
+            return records[key]
+        directory = self.out_dir / "metaepochs" / key
+        resume = key in records and tune.Tuner.can_restore(str(directory / "tune" / key))
+        records[key] = {"status": "running", "size": len(dataset)}
+        self._save()
+        self._event("metaepoch_started", key=key, images=len(dataset), resume=resume)
+        experiment = dataclasses.replace(
+            self.experiment,
+            train=dataclasses.replace(self.experiment.train, generation_images=generation_images))
+        result = run_pbt(experiment, dataset, "udr", directory, run=key, resume=resume,
+                         progress=self.progress, images_ref=self._images_ref)
+        level, kl = self._label(directory / "best_vae.pt", dataset)
+        save_label_level(directory / "labels.npz", level)
+        records[key] = {
+            "status": "done", "size": len(dataset), "best_score": result.best_score,
+            "generations": result.generations, "stop_reason": result.stop_reason,
+            "active_latents": level.latents.tolist(), "kl": kl.tolist(),
+            "model": str(directory / "best_vae.pt"),
+        }
+        self._save()
+        self._event("metaepoch_done", key=key, best_score=round(result.best_score, 4),
+                    generations=result.generations, active_latents=level.latents.tolist())
+        return records[key]
+
+    def _label(self, model_path: Path, dataset: Dataset) -> tuple[LabelLevel, np.ndarray]:
+        """Surrogate labels: encoder means of the active latents of the best VAE on `dataset`."""
+        model, _ = load_vae(model_path)
+        mu, logsigma = encode_images(model, dataset.all_images())
+        kl = per_latent_kl(mu[0], logsigma[0], self.experiment.eval.kl)
+        active = active_latents(kl, self.experiment.rpu.reduction.active_kl_threshold)
+        level = LabelLevel(dataset.storage_indices().astype(np.int64), mu[0][:, active], active)
+        return level, kl
+
+    def _x_run(self) -> LabelLevel | None:
+        """metaEpoch 0 on the whole data set; its labels are the root of every leaf-run."""
+        record = self._metaepoch("x", self.dataset, self.experiment.train.generation_images)
+        if not record["active_latents"]:
+            self.state["stop_reason"] = "no active latent after the x-run: nothing to label"
+            self._event("stopped", reason=self.state["stop_reason"])
+            return None
+        return load_label_level(self.out_dir / "metaepochs" / "x" / "labels.npz")
+
+    def _leaf_run(self, leaf: int, root: LabelLevel) -> None:
+        """One chain of reductions and metaEpochs, starting from root interval `leaf`."""
+        runs = self.state["leaf_runs"]
+        if runs.get(str(leaf), {}).get("status") == "done":
+            return
+        rpu, policy = self.experiment.rpu, self.experiment.pbt.policy
+        levels, current, labels = [root], self.dataset, root.labels
+        steps: list[dict[str, Any]] = []
+        stop = "max_depth"
+        for depth in range(1, rpu.max_depth + 1):
+            reduction = reduce(labels, choice=leaf - 1 if depth == 1 else 0,
+                               config=rpu.reduction, root=depth == 1)
+            steps.append({"depth": depth, "reduction": reduction.as_dict()})
+            if not reduction.ok:
+                stop = reduction.stop_reason
+                break
+            current = current.subset(reduction.indices)
+            key = f"leaf{leaf}-{depth}"
+            budget = rpu.leaf_generation_images or max(10_000, len(current))
+            runs[str(leaf)] = {"status": "running", "depth": depth, "steps": steps}
+            self._save()
+            record = self._metaepoch(key, current, budget)
+            steps[-1]["metaepoch"] = key
+            if policy.min_score is not None and record["best_score"] < policy.min_score:
+                stop = "below_min_score"
+                break
+            if not record["active_latents"]:
+                stop = "no_active_latent"
+                break
+            level = load_label_level(self.out_dir / "metaepochs" / key / "labels.npz")
+            levels.append(level)
+            labels = level.labels
+        tree = LeafRunLabels(leaf, levels)
+        tree.save(self.out_dir / "labels" / f"leaf-{leaf}.npz")
+        runs[str(leaf)] = {"status": "done", "stop_reason": stop, "levels": len(levels),
+                           "steps": steps, "labels": f"labels/leaf-{leaf}.npz"}
+        self._save()
+        self._event("leaf_run_done", leaf=leaf, levels=len(levels), stop_reason=stop)
+
+    def _final_run(self) -> None:
+        """PBT-S-VAE on all images, scored by leaf-MIG on the surrogate labels (spec 5.6)."""
+        from ray import tune
+
+        if self.state.get("final", {}).get("status") == "done":
+            return
+        rpu, pbt = self.experiment.rpu, self.experiment.pbt
+        chains = [LeafRunLabels.load(self.out_dir / "labels" / f"leaf-{leaf}.npz").to_payload()
+                  for leaf in range(1, rpu.leaf_runs + 1)]
+        if not chains:  # no leaf-run: the root labels alone
+            root = load_label_level(self.out_dir / "metaepochs" / "x" / "labels.npz")
+            chains = [[(root.indices, root.labels)]]
+        policy = dataclasses.replace(pbt.policy, convergence_patience=None, min_score=None,
+                                     max_generations=rpu.final_generations,
+                                     big_init_population_factor=rpu.final_big_init_factor)
+        experiment = dataclasses.replace(
+            self.experiment,
+            model=dataclasses.replace(self.experiment.model, num_models=rpu.final_num_models),
+            pbt=dataclasses.replace(pbt, population=rpu.final_population or pbt.population,
+                                    policy=policy))
+        directory = self.out_dir / "final"
+        resume = "final" in self.state and tune.Tuner.can_restore(str(directory / "tune" / "final"))
+        self.state["final"] = {"status": "running"}
+        self._save()
+        self._event("final_run_started", leaf_runs=len(chains), resume=resume)
+        result = run_pbt(experiment, self.dataset, "leafmig", directory, run="final",
+                         resume=resume, progress=self.progress, images_ref=self._images_ref,
+                         label_chains=chains)
+        model_path = self.out_dir / "final_model.pt"
+        save_checkpoint(model_path, load_checkpoint(directory / "best_vae.pt"))
+        self.state["final"] = {"status": "done", "leaf_mig": result.best_score,
+                               "generations": result.generations, "model": str(model_path)}
+        if self.dataset.has_factors:
+            model, _ = load_vae(model_path)
+            metrics = evaluate_model(model, self.dataset.all_images(), self.dataset.all_factors(),
+                                     seed=self.experiment.eval.score_seed,
+                                     num_bins=self.experiment.eval.mig_bins,
+                                     mig_points=min(10_000, len(self.dataset)),
+                                     dci_mode=self.experiment.eval.dci_mode)
+            metrics["factor_names"] = list(self.dataset.factor_names)
+            _write_json_atomically(self.out_dir / "metrics.json", metrics)
+            self.state["final"]["mig"] = metrics["mig"]
+        self._save()
+        self._event("final_run_done", leaf_mig=round(result.best_score, 4),
+                    mig=self.state["final"].get("mig"))
+
+
+def save_label_level(path: Path, level: LabelLevel) -> None:
+    """One metaEpoch's labels (a one-level chain file, leaf 0)."""
+    LeafRunLabels(0, [level]).save(path)
+
+
+def load_label_level(path: Path) -> LabelLevel:
+    return LeafRunLabels.load(path).levels[0]

@@ -5,7 +5,7 @@ See docs in each module and /work/shared/reference/metrics-spec.md for the libra
 """
 
 from rpu_ray.metrics.dci import dci, dci_completeness, dci_disentanglement, dci_importance
-from rpu_ray.metrics.mig import mig
+from rpu_ray.metrics.mig import mig, mig_per_factor
 from rpu_ray.metrics.representation import authors_pseudo_kl, gaussian_kl, histogram_discretize
 from rpu_ray.metrics.sap import sap
 from rpu_ray.metrics.udr import udr, udr_member_score, udr_pairwise
@@ -22,6 +22,7 @@ __all__ = [
     "gaussian_kl",
     "histogram_discretize",
     "mig",
+    "mig_per_factor",
     "sap",
     "udr",
     "udr_member_score",

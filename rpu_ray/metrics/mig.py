@@ -14,6 +14,18 @@ from rpu_ray.metrics.representation import histogram_discretize
 from rpu_ray.metrics.utils import check_codes, check_factors, discrete_entropy, discrete_mutual_info
 
 
+def mig_per_factor(codes: np.ndarray, factors: np.ndarray, num_bins: int = 20) -> np.ndarray:
+    """The normalised gap of every factor, (num_factors,): MIG is their unweighted mean.
+
+    Arguments as `mig`.
+    """
+    codes = check_codes(codes, min_dims=2)
+    factors = check_factors(factors, codes.shape[0])
+    m = discrete_mutual_info(histogram_discretize(codes, num_bins), factors)  # (C, F)
+    top_two = -np.partition(-m, 1, axis=0)[:2]  # largest and second-largest MI per factor
+    return (top_two[0] - top_two[1]) / discrete_entropy(factors)
+
+
 def mig(codes: np.ndarray, factors: np.ndarray, num_bins: int = 20) -> float:
     """Computes MIG.
 
@@ -26,8 +38,4 @@ def mig(codes: np.ndarray, factors: np.ndarray, num_bins: int = 20) -> float:
     Returns:
       MIG in [0, 1].
     """
-    codes = check_codes(codes, min_dims=2)
-    factors = check_factors(factors, codes.shape[0])
-    m = discrete_mutual_info(histogram_discretize(codes, num_bins), factors)  # (C, F)
-    top_two = -np.partition(-m, 1, axis=0)[:2]  # largest and second-largest MI per factor
-    return float(np.mean((top_two[0] - top_two[1]) / discrete_entropy(factors)))
+    return float(np.mean(mig_per_factor(codes, factors, num_bins)))
