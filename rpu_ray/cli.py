@@ -46,6 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
     info = data_commands.add_parser("info", help="print size, image shape and factors")
     _add_data_options(info)
 
+    run = commands.add_parser(
+        "run", help="the whole rPU-VAE algorithm: x-run, leaf-runs, final model")
+    run.add_argument("config", nargs="?", help="experiment YAML (see rpu_ray/presets)")
+    run.add_argument("--preset", choices=PRESETS, help="smoke (seconds), demo, paper")
+    run.add_argument("--data", help="data spec, overrides data.spec (dsprites, shapes3d, a path)")
+    run.add_argument("--out", help="output directory (default: runs/<name>-rpu-<time>)")
+    run.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a setting, e.g. rpu.leaf_runs=2")
+    run.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    resume = commands.add_parser("resume", help="continue an interrupted rPU-VAE run")
+    resume.add_argument("directory")
+    resume.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    status = commands.add_parser("status", help="the tree of leaf-runs and metaEpochs of a run")
+    status.add_argument("directory")
+    demo = commands.add_parser(
+        "demo", help="rPU-VAE on procedural dSprites, minutes on a laptop CPU")
+    demo.add_argument("--out", help="output directory (default: runs/demo-rpu-<time>)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="KEY=VALUE", help="override a setting of the demo preset")
+
     pbt = commands.add_parser(
         "pbt", help="one PBT experiment: PBT-U-VAE (UDR) or PBT-S-VAE (MIG/DCI on labels)")
     pbt.add_argument("config", nargs="?", help="experiment YAML (see rpu_ray/presets)")
@@ -104,6 +124,31 @@ def _pbt(args: argparse.Namespace) -> None:
     experiment.start_pbt(args.config, args.preset, overrides, args.mode, args.out, args.address)
 
 
+def _run(args: argparse.Namespace) -> None:
+    from rpu_ray import experiment
+
+    overrides = list(args.overrides) + ([f"data.spec={args.data}"] if args.data else [])
+    experiment.start_run(args.config, args.preset, overrides, args.out, args.address)
+
+
+def _resume(args: argparse.Namespace) -> None:
+    from rpu_ray import experiment
+
+    experiment.resume_run(args.directory, args.address)
+
+
+def _status(args: argparse.Namespace) -> None:
+    from rpu_ray import experiment
+
+    print(experiment.status_text(args.directory))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from rpu_ray import experiment
+
+    experiment.start_run(None, "demo", ["name=demo", *args.overrides], args.out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
@@ -112,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rpu_ray.experiment import ExperimentDirError
 
     handlers = {("data", "preview"): _data_preview, ("data", "info"): _data_info,
-                ("pbt", None): _pbt}
+                ("pbt", None): _pbt, ("run", None): _run, ("resume", None): _resume,
+                ("status", None): _status, ("demo", None): _demo}
     try:
         handlers[(args.command, getattr(args, "data_command", None))](args)
     except (DataError, ConfigError, ExperimentDirError) as err:

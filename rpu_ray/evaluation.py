@@ -78,9 +78,12 @@ def score_udr(member: Member, images: torch.Tensor, config: EvalConfig) -> dict[
     if not (np.isfinite(mu).all() and np.isfinite(logsigma).all()):
         return {"score": float("nan"), "model_scores": [float("nan")] * member.num_models,
                 "kl": np.full(mu.shape[::2], np.nan).tolist()}
-    kl = _per_model_kl(mu, logsigma, config)
     if member.num_models < 2:
         raise ValueError("UDR compares the VAEs of a member: num_models must be >= 2")
+    kl = _per_model_kl(mu, logsigma, config)
+    if not np.isfinite(kl).all():  # finite codes, but a posterior variance overflowed
+        return {"score": float("nan"), "model_scores": [float("nan")] * member.num_models,
+                "kl": kl.tolist()}
     model_scores = udr(mu, kl, correlation=config.udr_correlation, filter_low_kl=True,
                        kl_threshold=config.udr_kl_threshold, empty_model_score=0.0)
     return {"score": float(np.mean(model_scores)), "model_scores": model_scores.tolist(),

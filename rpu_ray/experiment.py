@@ -123,3 +123,170 @@ def _run(config: ExperimentConfig, dataset: data.Dataset, mode: str, directory: 
     for name in ("best_vae.pt", "best_member.pt", "results.csv", "pbt.png", "events.jsonl"):
         print(f"[rpu-ray]   {directory / name}", flush=True)
     return directory
+
+
+# ----------------------------------------------------------------------------- rPU-VAE runs
+
+
+def start_run(config_path: str | Path | None, preset: str | None, overrides: Iterable[str],
+              out: str | Path | None, address: str | None = None) -> Path:
+    """Validate everything, then run the whole rPU-VAE algorithm; returns its directory."""
+    config = load_config(config_path, preset, overrides)
+    directory = _new_directory(out, config, "rpu")
+    dataset = _load_data(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    from rpu_ray.config import dump_config
+
+    dump_config(config, directory / "config.yaml")
+    (directory / RUN_FILE).write_text(json.dumps({
+        "kind": "rpu", "run": "rpu", "format": DIR_FORMAT, "rpu_ray_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    return _run_rpu(config, dataset, directory, address)
+
+
+def resume_run(directory: str | Path, address: str | None = None) -> Path:
+    """Continue an interrupted rPU-VAE run: finished metaEpochs are not redone."""
+    run = read_run_file(directory)
+    if run.get("kind") != "rpu":
+        raise ExperimentDirError(f"{directory}: a {run.get('kind')!r} run; resume it with "
+                                 f"`rpu-ray pbt --resume {directory}`")
+    config = load_config(Path(directory) / "config.yaml")
+    return _run_rpu(config, _load_data(config), Path(directory), address)
+
+
+def _run_rpu(config: ExperimentConfig, dataset: data.Dataset, directory: Path,
+             address: str | None) -> Path:
+    """Run the driver as a Ray actor and print its progress from the experiment directory."""
+    import ray
+
+    from rpu_ray.driver import RPUDriver
+
+    _init_ray(address)
+    print(f"[rpu-ray] rPU-VAE in {directory}: x-run, {config.rpu.leaf_runs} leaf-runs, final "
+          f"model; {config.pbt.population} members of {config.model.num_models} VAEs",
+          flush=True)
+    actor_class = ray.remote(num_cpus=0, max_concurrency=2)(RPUDriver)
+    driver = actor_class.options(name=f"rpu-driver:{directory.name}").remote(
+        directory, config, dataset, progress=False)
+    done = driver.run.remote()
+    watcher = ProgressWatcher(directory)
+    while True:
+        ready, _ = ray.wait([done], timeout=2.0)
+        watcher.print_new()
+        if ready:
+            break
+    ray.get(done)  # raises the driver's error, if any
+    watcher.print_new()
+    print_summary(directory)
+    return directory
+
+
+class ProgressWatcher:
+    """Prints new lines of an experiment's event logs (driver and current metaEpoch)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.offsets: dict[Path, int] = {}
+        self.logs = [directory / "events.jsonl"]
+
+    def _new_events(self, path: Path) -> list[dict[str, Any]]:
+        if not path.exists():
+            return []
+        with path.open() as f:
+            f.seek(self.offsets.get(path, 0))
+            text = f.read()
+        complete = text[: text.rfind("\n") + 1]
+        self.offsets[path] = self.offsets.get(path, 0) + len(complete)
+        return [json.loads(line) for line in complete.splitlines()]
+
+    def print_new(self) -> None:
+        for path in list(self.logs):
+            for event in self._new_events(path):
+                if event["event"] == "exploit":  # one line per generation is enough
+                    continue
+                print(format_event(event, path.parent.name), flush=True)
+                if event["event"] == "metaepoch_started":
+                    self.logs.append(self.directory / "metaepochs" / event["key"] /
+                                     "events.jsonl")
+                elif event["event"] == "final_run_started":
+                    self.logs.append(self.directory / "final" / "events.jsonl")
+
+
+def format_event(event: dict[str, Any], where: str) -> str:
+    kind = event["event"]
+    if kind == "generation":
+        best = event["best_score"]
+        hparams = ", ".join(f"{k}={v:.3g}" for k, v in event["best_hparams"].items())
+        text = (f"[{where}] generation {event['generation']}: best "
+                f"{'n/a' if best is None else f'{best:.4f}'} ({hparams})")
+        return text + (f" -> {event['stop_reason']}" if event["stop_reason"] else "")
+    details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "time"))
+    return f"[rpu-ray] {kind.replace('_', ' ')}: {details}"
+
+
+def print_summary(directory: Path) -> None:
+    """What the run produced: the label tree, the final model, the metrics, the report."""
+    print(status_text(directory), flush=True)
+    for name in ("final_model.pt", "metrics.json", "report.html", "report.md"):
+        if (directory / name).exists():
+            print(f"[rpu-ray]   {directory / name}", flush=True)
+
+
+def status_text(directory: str | Path) -> str:
+    """The tree of an experiment: x-run, leaf-runs with their metaEpochs, final run."""
+    directory = Path(directory)
+    run = read_run_file(directory)
+    if run.get("kind") != "rpu":
+        raise ExperimentDirError(f"{directory}: status shows rPU-VAE runs; this is a "
+                                 f"{run.get('kind')!r} run (see its events.jsonl)")
+    path = directory / "state.json"
+    if not path.exists():
+        return f"{directory}: starting (no state yet)"
+    state = json.loads(path.read_text())
+    epochs = state["metaepochs"]
+
+    def metaepoch_line(key: str) -> str:
+        record = epochs.get(key)
+        if record is None:
+            return f"{key}: pending"
+        if record["status"] != "done":
+            generations = len([e for e in _read_events(directory / "metaepochs" / key)
+                               if e["event"] == "generation"])
+            return (f"{key}: running on {record['size']:,} images, {generations} generations "
+                    "so far")
+        return (f"{key}: {record['size']:,} images, best UDR {record['best_score']:.3f} after "
+                f"{record['generations']} generations ({record['stop_reason']}), active latents "
+                f"{record['active_latents']}")
+
+    lines = [f"rPU-VAE experiment {directory} (phase: {state['phase']})",
+             f"  x-run   {metaepoch_line('x')}"]
+    for leaf, record in sorted(state["leaf_runs"].items(), key=lambda item: int(item[0])):
+        head = f"  leaf-run {leaf}: {record['status']}"
+        if record.get("stop_reason"):
+            head += f", stopped: {record['stop_reason']}, {record['levels']} label levels"
+        lines.append(head)
+        for step in record.get("steps", []):
+            reduction = step["reduction"]
+            lines.append(f"    depth {step['depth']}: reduction {reduction['message']}")
+            if reduction["stop_reason"] is None:
+                key = f"leaf{leaf}-{step['depth']}"
+                lines.append(f"      {metaepoch_line(key)}")
+    final = state.get("final")
+    if final:
+        text = f"  final: {final['status']}"
+        if final["status"] == "done":
+            text += (f", leaf-MIG {final['leaf_mig']:.3f} after {final['generations']} "
+                     "generations")
+            if "mig" in final:
+                text += f", MIG on ground truth {final['mig']:.3f}"
+        lines.append(text)
+    if state.get("stop_reason"):
+        lines.append(f"  stopped: {state['stop_reason']}")
+    return "\n".join(lines)
+
+
+def _read_events(directory: Path) -> list[dict[str, Any]]:
+    path = directory / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -97,6 +97,7 @@ class GenerationalPBT(PopulationBasedTraining):
         self.stop_reason: str | None = None
         self._decisions: dict[str, Decision] = {}
         self._dropped: set[Trial] = set()
+        self._failed: set[Trial] = set()
         self._controller: Any = None
         self._history_loaded = False
 
@@ -142,19 +143,59 @@ class GenerationalPBT(PopulationBasedTraining):
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         # The controller is needed at the barrier (`_quantiles`, which Ray calls without it).
         self._controller = tune_controller
+        self._release_failed()
         decision = super().on_trial_result(tune_controller, trial, result)
-        ending = self._dropped | (set(tune_controller.get_live_trials())
-                                  if self.stop_reason else set())
+        ending = self._take_ending(tune_controller.get_live_trials())
         for other in ending - {trial}:
             if other.status == Trial.PAUSED:
                 tune_controller.stop_trial(other)
-        self._dropped.clear()
         return TrialScheduler.STOP if trial in ending else decision
+
+    def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        # Ray's synchronous PBT only reaches the barrier from a result: when the last member
+        # of a generation fails for good instead of reporting, the others would wait forever.
+        super().on_trial_error(tune_controller, trial)
+        self._controller = tune_controller
+        self._failed.add(trial)  # out of every ranking from now on (Ray still lists it)
+        self._release_failed()
+        live = [t for t in tune_controller.get_live_trials() if t is not trial]
+        if live and all(self._trial_state[t].last_train_time >= self._next_perturbation_sync
+                        for t in live):
+            self._barrier(tune_controller, live)
+
+    def _release_failed(self) -> None:
+        """Failed members never hold back a barrier. Ray keeps listing a failed trial among
+        the live ones (at least until its actor has stopped), and the synchronous barrier
+        waits for every live trial to reach the next generation: move them there."""
+        for trial in self._failed:
+            state = self._trial_state[trial]
+            state.last_train_time = max(state.last_train_time, self._next_perturbation_sync)
+
+    def _barrier(self, tune_controller: Any, trials: list[Trial]) -> None:
+        """Ray's end-of-generation step (as in its `on_trial_result`), all members paused."""
+        lower, upper = self._quantiles()
+        middle = [t for t in trials if t not in lower and t not in upper]
+        for t in upper + middle + lower:  # donors save before their clones load
+            self._trial_state[t].last_perturbation_time = self._trial_state[t].last_train_time
+            self._checkpoint_or_exploit(t, tune_controller, upper, lower)
+        self._next_perturbation_sync = max(
+            self._next_perturbation_sync + self._perturbation_interval,
+            max(self._trial_state[t].last_train_time for t in trials))
+        for t in self._take_ending(trials):
+            tune_controller.stop_trial(t)
+
+    def _take_ending(self, live: list[Trial]) -> set[Trial]:
+        """The members to stop after a barrier: all of them when a stop rule fired, else the
+        ones a big initial population does not keep."""
+        ending = set(live) if self.stop_reason else set(self._dropped)
+        self._dropped = set()
+        return ending
 
     def _quantiles(self) -> tuple[list[Trial], list[Trial]]:
         """The generation barrier: scores, stop rules, decisions; returns (replaced, top)."""
         live = {t: s for t, s in self._trial_state.items()
-                if s.last_score is not None and not t.is_finished() and t not in self._dropped}
+                if s.last_score is not None and not t.is_finished()
+                and t not in self._dropped | self._failed}
         by_id = {t.trial_id: t for t in live}
         scores = {t.trial_id: live[t].last_score * self._metric_op for t in live}
         generation = int(max(s.last_train_time for s in live.values())) - 1

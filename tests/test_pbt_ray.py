@@ -139,24 +139,31 @@ def test_interrupted_run_resumes_where_it_stopped(ray_session, tmp_path: Path) -
     assert results.groupby("trial_id").training_iteration.max().eq(4).all()
 
 
-@pytest.mark.parametrize("fault", ["raise", "kill"])
-def test_failed_trial_is_retried_from_its_checkpoint(ray_session, fault_file: Path,
-                                                     tmp_path: Path, fault: str) -> None:
-    """A trial that raises once, or whose process is killed mid-step, resumes from its
-    last checkpoint (FailureConfig) and the run completes with every member."""
-    config = load_config(preset_name="smoke", overrides=[*SMALL, "pbt.max_failures=2"])
+@pytest.mark.parametrize(("fault", "max_failures"), [("raise", 2), ("kill", 2), ("raise", 0)])
+def test_failed_trial_is_retried_or_left_behind(ray_session, fault_file: Path, tmp_path: Path,
+                                                fault: str, max_failures: int) -> None:
+    """A trial that raises once, or whose process is killed mid-step, resumes from its last
+    checkpoint (FailureConfig); without retries it fails for good and the others finish."""
+    config = load_config(preset_name="smoke",
+                         overrides=[*SMALL, f"pbt.max_failures={max_failures}"])
     dataset = data.load("dsprites", image_size=32, subsample=config.data.subsample)
     fault_file.write_text(fault)
     result = run_pbt(config, dataset, "udr", tmp_path, progress=False)
     assert not fault_file.exists()  # the fault was claimed by one trial
-    assert result.num_errors == 0 and result.stop_reason == "max_generations"
+    assert result.stop_reason == "max_generations"
     results = pd.read_csv(tmp_path / "results.csv")
-    assert results.groupby("trial_id").training_iteration.max().eq(3).all()
+    last = results.groupby("trial_id").training_iteration.max()
     state = json.loads(max((tmp_path / "tune" / "pbt").glob("experiment_state-*.json")
                            ).read_text())
     # Each entry is (trial description, run metadata) as JSON strings; Tune counts failures.
     failures = [json.loads(metadata)["num_failures"] for _, metadata in state["trial_data"]]
     assert sum(failures) == 1
+    if max_failures:
+        assert result.num_errors == 0 and last.eq(3).all()
+    else:  # the failed member stopped after its first generation, the others went on
+        assert result.num_errors == 1
+        assert sorted(last.tolist()) == [1, 3, 3, 3]
+        assert [g["population"] for g in _generations(tmp_path)] == [4, 3, 3]
 
 
 def test_supervised_pbt_with_few_labels_and_a_big_initial_population(ray_session,
