@@ -21,8 +21,12 @@ def _subsample(text: str) -> int | list[int]:
     return parts[0] if len(parts) == 1 else parts
 
 
-def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", help="dsprites, shapes3d, or a path (.npz, .h5, image folder)")
+def _add_data_options(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+    spec_help = "dsprites, shapes3d, or a path (.npz, .h5, image folder)"
+    if positional:
+        parser.add_argument("spec", help=spec_help)
+    else:
+        parser.add_argument("--data", dest="spec", required=True, help=spec_help)
     parser.add_argument("--image-size", type=int, default=64, choices=(32, 64, 128))
     parser.add_argument("--subsample", type=_subsample, default=None,
                         help="a count, or one stride per factor such as 1,1,4,2,2")
@@ -65,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="output directory (default: runs/demo-rpu-<time>)")
     demo.add_argument("--set", dest="overrides", action="append", default=[],
                       metavar="KEY=VALUE", help="override a setting of the demo preset")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="MIG, DCI, SAP and per-factor MIG of an exported model on labelled data")
+    evaluate.add_argument("model", help="an exported VAE (best_vae.pt, final_model.pt)")
+    _add_data_options(evaluate, positional=False)
+    evaluate.add_argument("--dci-mode", choices=("exact", "fast"), default="exact")
+    evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    traverse = commands.add_parser(
+        "traverse", help="latent traversals of an exported model (active latents highlighted)")
+    traverse.add_argument("model", help="an exported VAE (best_vae.pt, final_model.pt)")
+    _add_data_options(traverse, positional=False)
+    traverse.add_argument("--out", required=True, help="PNG file to write")
 
     pbt = commands.add_parser(
         "pbt", help="one PBT experiment: PBT-U-VAE (UDR) or PBT-S-VAE (MIG/DCI on labels)")
@@ -143,6 +159,28 @@ def _status(args: argparse.Namespace) -> None:
     print(experiment.status_text(args.directory))
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from rpu_ray.report import evaluate_file, format_metrics_table
+
+    try:
+        metrics = evaluate_file(args.model, _load(args), dci_mode=args.dci_mode, seed=args.seed)
+    except ValueError as err:
+        raise ConfigError(f"{args.model}: {err}") from None
+    print(format_metrics_table(metrics))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(metrics, f, indent=1)
+        print(f"wrote {args.json}")
+
+
+def _traverse(args: argparse.Namespace) -> None:
+    from rpu_ray.report import save_traversals
+
+    print(f"wrote {save_traversals(args.model, _load(args), args.out, seed=args.seed)}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from rpu_ray import experiment
 
@@ -153,15 +191,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="[rpu-ray] %(message)s")
+    from rpu_ray.checkpoint import CheckpointError
     from rpu_ray.data import DataError
     from rpu_ray.experiment import ExperimentDirError
 
     handlers = {("data", "preview"): _data_preview, ("data", "info"): _data_info,
                 ("pbt", None): _pbt, ("run", None): _run, ("resume", None): _resume,
-                ("status", None): _status, ("demo", None): _demo}
+                ("status", None): _status, ("demo", None): _demo,
+                ("evaluate", None): _evaluate, ("traverse", None): _traverse}
     try:
         handlers[(args.command, getattr(args, "data_command", None))](args)
-    except (DataError, ConfigError, ExperimentDirError) as err:
+    except (DataError, ConfigError, ExperimentDirError, CheckpointError) as err:
         print(f"rpu-ray: error: {err}", file=sys.stderr)
         return 2
     return 0

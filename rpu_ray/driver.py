@@ -301,8 +301,10 @@ class RPUDriver:
         self._images_ref = ray.put(self.dataset.images)  # one object-store copy per run
         root = self._x_run()
         if root is not None:
+            self.state["phase"] = "leaf-runs"
             for leaf in range(1, self.experiment.rpu.leaf_runs + 1):
                 self._leaf_run(leaf, root)
+            self.state["phase"] = "final"
             self._final_run()
         self.state["phase"] = "done"
         self._save()

@@ -177,6 +177,9 @@ def _run_rpu(config: ExperimentConfig, dataset: data.Dataset, directory: Path,
             break
     ray.get(done)  # raises the driver's error, if any
     watcher.print_new()
+    from rpu_ray.report import write_report
+
+    write_report(directory, dataset)
     print_summary(directory)
     return directory
 

@@ -1,7 +1,8 @@
 """Disentanglement metrics matching google-research/disentanglement_lib numerically.
 
-Layout: codes and factors are (num_points, dims); factors are integer class indices.
-See docs in each module and /work/shared/reference/metrics-spec.md for the library behaviour.
+Layout: codes and factors are (num_points, dims) (the library's internals use the transpose);
+factors are integer class indices; constant factors raise ValueError (see `utils`). Each module
+documents the library behaviour it reproduces and where it deliberately differs.
 """
 
 from rpu_ray.metrics.dci import dci, dci_completeness, dci_disentanglement, dci_importance

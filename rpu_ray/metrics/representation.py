@@ -39,7 +39,7 @@ def gaussian_kl(mu: np.ndarray, logsigma: np.ndarray) -> np.ndarray:
 
 
 def authors_pseudo_kl(mu: np.ndarray, logsigma: np.ndarray, batch_size: int = 10) -> np.ndarray:
-    """The rPU-VAE authors' per-latent "KL" (original-code-spec section 3.2/3.3).
+    """The rPU-VAE authors' per-latent "KL" (shared/reference/original-code-spec.md, 3.2-3.3).
 
     The points are split into consecutive batches of `batch_size` (the authors' UDR uses 100
     batches of 10 images). Per batch: a_d = |mean over the batch of logsigma_d| and

@@ -10,9 +10,25 @@ code's variance is <= 1e-12). SAP = mean over factors of (largest - second-large
 from __future__ import annotations
 
 import numpy as np
+from joblib import Parallel, delayed
 from sklearn.svm import LinearSVC
 
 from rpu_ray.metrics.utils import check_split
+
+
+def _svm_accuracy(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> float:
+    """Test accuracy of LinearSVC(C=0.01, class_weight="balanced") fitted on one code.
+
+    With one feature, sklearn >= 1.5's `dual="auto"` picks liblinear's primal (Newton) solver,
+    which does not use its seed: the fixed random_state only stops sklearn from drawing one from
+    numpy's global RNG (the library's random_state=None does, with the same numbers). The
+    library era defaulted to the dual solver: numbers from sklearn < 1.5 differ slightly.
+    """
+    classifier = LinearSVC(C=0.01, class_weight="balanced", random_state=0)
+    classifier.fit(x_train, y_train)
+    return float(np.mean(classifier.predict(x_test) == y_test))
 
 
 def _discrete_score_matrix(
@@ -20,23 +36,20 @@ def _discrete_score_matrix(
     factors_train: np.ndarray,
     codes_test: np.ndarray,
     factors_test: np.ndarray,
+    n_jobs: int,
 ) -> np.ndarray:
-    """S_ij = test accuracy of LinearSVC(C=0.01, class_weight="balanced") on code i alone.
-
-    With one feature, sklearn >= 1.5's `dual="auto"` picks liblinear's primal (Newton) solver,
-    which does not use its seed: the fixed random_state only stops sklearn from drawing one from
-    numpy's global RNG (the library's random_state=None does, with the same numbers). The
-    library era defaulted to the dual solver: numbers from sklearn < 1.5 differ slightly.
-    """
+    """S_ij = test accuracy of the linear SVM predicting factor j from code i alone."""
     num_codes, num_factors = codes_train.shape[1], factors_train.shape[1]
-    scores = np.empty((num_codes, num_factors))
-    for i in range(num_codes):
-        x_train, x_test = codes_train[:, i : i + 1], codes_test[:, i : i + 1]
-        for j in range(num_factors):
-            classifier = LinearSVC(C=0.01, class_weight="balanced", random_state=0)
-            classifier.fit(x_train, factors_train[:, j])
-            scores[i, j] = np.mean(classifier.predict(x_test) == factors_test[:, j])
-    return scores
+    # liblinear releases the GIL while it trains, so threads overlap the fits.
+    accuracies = Parallel(n_jobs=n_jobs, prefer="threads")(
+        delayed(_svm_accuracy)(
+            codes_train[:, i : i + 1], factors_train[:, j], codes_test[:, i : i + 1],
+            factors_test[:, j],
+        )
+        for i in range(num_codes)
+        for j in range(num_factors)
+    )
+    return np.reshape(accuracies, (num_codes, num_factors))
 
 
 def _continuous_score_matrix(codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
@@ -65,6 +78,8 @@ def sap(
     codes_test: np.ndarray,
     factors_test: np.ndarray,
     continuous: bool = False,
+    *,
+    n_jobs: int = 2,
 ) -> float:
     """Computes SAP.
 
@@ -76,6 +91,8 @@ def sap(
       continuous: False (library configuration): integer factors, SVM test accuracy.
         True: squared correlation on the training split only (the test split is validated but
         not used, as in the library); factors may then be real-valued.
+      n_jobs: threads over the (code, factor) SVM fits (discrete mode). Results do not depend
+        on it.
 
     Returns:
       SAP in [0, 1].
@@ -86,5 +103,7 @@ def sap(
     if continuous:
         scores = _continuous_score_matrix(codes_train, factors_train)
     else:
-        scores = _discrete_score_matrix(codes_train, factors_train, codes_test, factors_test)
+        scores = _discrete_score_matrix(
+            codes_train, factors_train, codes_test, factors_test, n_jobs
+        )
     return sap_from_score_matrix(scores)

@@ -4,16 +4,16 @@
 Given M models' representations of the same points, every ordered pair (a, b), a != b, gets a
 similarity matrix R (latents of a x latents of b) and a "relative strength" score; a model's
 score is the median of the pair scores where it is the target b. Library behaviour, kept on
-purpose (metrics-spec section 6):
+purpose (shared/reference/metrics-spec.md, section 6):
   * latents are standardised (StandardScaler, population std, constant latents -> 0) and zeroed
     where KL <= 0.01 (hard-coded), independently of `kl_threshold`, which only drives the filter;
   * Lasso R is |coef| of Lasso(alpha=0.1) regressing model b's latents on model a's (rows = a);
   * Spearman R is |rank correlation|; a zeroed latent gives NaN, and an unfiltered NaN row turns
     every column term into 0 (NaN poisoning via np.max);
   * pair score = (mean over columns + mean over rows) / 2 of max(R)^2 / sum(R), 0/0 -> 0.
-Authors' variant (original-code-spec section 3.4): a pair where either model has no latent
-above the threshold scores 0 instead of raising, and a PBT member (5 VAEs) scores the mean of
-its model scores (`udr_member_score`).
+Authors' variant (shared/reference/original-code-spec.md, section 3.4): a pair where either
+model has no latent above the threshold scores 0 instead of raising, and a PBT member (5 VAEs)
+scores the mean of its model scores (`udr_member_score`).
 """
 
 from __future__ import annotations
