@@ -155,6 +155,8 @@ class GenerationalPBT(PopulationBasedTraining):
         # Ray's synchronous PBT only reaches the barrier from a result: when the last member
         # of a generation fails for good instead of reporting, the others would wait forever.
         super().on_trial_error(tune_controller, trial)
+        if trial.should_recover():  # Tune restarts it from its checkpoint: wait for it
+            return
         self._controller = tune_controller
         self._failed.add(trial)  # out of every ranking from now on (Ray still lists it)
         self._release_failed()

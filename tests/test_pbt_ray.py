@@ -162,8 +162,10 @@ def test_failed_trial_is_retried_or_left_behind(ray_session, fault_file: Path, t
         assert result.num_errors == 0 and last.eq(3).all()
     else:  # the failed member stopped after its first generation, the others went on
         assert result.num_errors == 1
-        assert sorted(last.tolist()) == [1, 3, 3, 3]
         assert [g["population"] for g in _generations(tmp_path)] == [4, 3, 3]
+        # Three members finished; the failed one has 1 result, or none in results.csv when it
+        # had just been cloned (Tune starts a clone's progress.csv at its next result).
+        assert sorted(last.tolist())[-3:] == [3, 3, 3] and sorted(last.tolist())[:-3] in ([1], [])
 
 
 def test_supervised_pbt_with_few_labels_and_a_big_initial_population(ray_session,
