@@ -15,14 +15,7 @@ from rpu_ray.models import LossOutput
 SHAPE = (1, 32, 32)
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """These models are tiny: one thread is as fast, and far faster on a shared, busy CPU where
-    OpenMP threads would wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def _member(seed: int = 0, **overrides) -> Member:

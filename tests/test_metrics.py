@@ -25,6 +25,7 @@ from rpu_ray.metrics import (
     gaussian_kl,
     histogram_discretize,
     mig,
+    mig_per_factor,
     sap,
     udr,
     udr_member_score,
@@ -172,6 +173,16 @@ def test_mig_matches_reference(case, num_bins):
     codes, factors = MIG_CASES[case]
     expected = ref._compute_mig(codes.T, factors.T, num_bins)["discrete_mig"]
     assert mig(codes, factors, num_bins) == pytest.approx(expected, abs=1e-9)
+
+
+def test_mig_per_factor_is_the_library_gap_per_factor():
+    codes, factors = MIG_CASES["entangled"]
+    m = ref.discrete_mutual_info(ref._histogram_discretize(codes.T), factors.T)
+    sorted_m = np.sort(m, axis=0)[::-1]
+    expected = (sorted_m[0] - sorted_m[1]) / ref.discrete_entropy(factors.T)
+    per_factor = mig_per_factor(codes, factors)
+    np.testing.assert_allclose(per_factor, expected, rtol=0, atol=1e-12)
+    assert mig(codes, factors) == pytest.approx(np.mean(per_factor), abs=1e-15)
 
 
 def test_mig_of_a_perfect_code_is_near_one_and_of_noise_near_zero():

@@ -21,14 +21,7 @@ from rpu_ray.models.losses import bernoulli_log_likelihood
 DATASET_SIZE = 1000
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """These models are tiny: one thread is as fast, and far faster on a shared, busy CPU where
-    OpenMP threads would wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def _images(batch: int, shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
