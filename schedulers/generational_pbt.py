@@ -96,8 +96,12 @@ class GenerationalPBT(PopulationBasedTraining):
         self.best_scores: list[float] = []
         self.stop_reason: str | None = None
         self._decisions: dict[str, Decision] = {}
+        # Members out of the population for good: not kept by a big initial population
+        # (`_dropped`), or failed beyond their retries (`_failed`); `_to_stop` are the dropped
+        # ones not stopped yet.
         self._dropped: set[Trial] = set()
         self._failed: set[Trial] = set()
+        self._to_stop: set[Trial] = set()
         self._controller: Any = None
         self._history_loaded = False
 
@@ -143,6 +147,8 @@ class GenerationalPBT(PopulationBasedTraining):
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         # The controller is needed at the barrier (`_quantiles`, which Ray calls without it).
         self._controller = tune_controller
+        if trial in self._dropped:  # it was still running when it was dropped
+            return TrialScheduler.STOP
         self._release_failed()
         decision = super().on_trial_result(tune_controller, trial, result)
         ending = self._take_ending(tune_controller.get_live_trials())
@@ -189,8 +195,8 @@ class GenerationalPBT(PopulationBasedTraining):
     def _take_ending(self, live: list[Trial]) -> set[Trial]:
         """The members to stop after a barrier: all of them when a stop rule fired, else the
         ones a big initial population does not keep."""
-        ending = set(live) if self.stop_reason else set(self._dropped)
-        self._dropped = set()
+        ending = set(live) if self.stop_reason else set(self._to_stop)
+        self._to_stop = set()
         return ending
 
     def _quantiles(self) -> tuple[list[Trial], list[Trial]]:
@@ -203,7 +209,8 @@ class GenerationalPBT(PopulationBasedTraining):
         generation = int(max(s.last_train_time for s in live.values())) - 1
         if generation == 0 and self.policy.big_init_population_factor > 1:
             keep = set(survivors_after_first_generation(scores, self.policy))
-            self._dropped = {by_id[i] for i in scores if i not in keep}
+            self._to_stop = {by_id[i] for i in scores if i not in keep}
+            self._dropped |= self._to_stop
             scores = {i: v for i, v in scores.items() if i in keep}
         self.best_scores.append(best_score(scores))
         self.stop_reason = stop_reason(self.best_scores, self.policy)
@@ -215,7 +222,7 @@ class GenerationalPBT(PopulationBasedTraining):
             "median_score": _json_float(_median([scores[i] for i in ranking])),
             "population": len(scores), "best_member": best.config.get("member"),
             "best_hparams": {k: best.config[k] for k in HYPERPARAMETERS if k in best.config},
-            "stop_reason": self.stop_reason, "dropped": len(self._dropped),
+            "stop_reason": self.stop_reason, "dropped": len(self._to_stop),
         }
         self._append_event(summary)
         if self.on_generation is not None:

@@ -185,7 +185,10 @@ def test_supervised_pbt_with_few_labels_and_a_big_initial_population(ray_session
     assert sorted(last.tolist()) == [1, 1, 2, 2]  # two members were stopped after generation 0
     first = results[results.training_iteration == 1].set_index("member").score
     survivors = set(last[last == 2].index)
-    assert min(first[list(survivors)]) >= max(first.drop(list(survivors)))
+    # (A member cloned at the barrier may lack its first row: Tune restarts a clone's
+    # progress.csv.) The dropped members scored no better than the survivors.
+    kept = first[first.index.isin(survivors)]
+    assert len(kept) >= 1 and min(kept) >= max(first.drop(list(kept.index)))
     assert 0.0 <= result.best_score <= 1.0
     _, metadata = load_vae(tmp_path / "best_vae.pt")
     assert metadata["mode"] == "mig"
