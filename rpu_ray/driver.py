@@ -40,6 +40,7 @@ from rpu_ray.evaluation import (
     evaluate_model,
     per_latent_kl,
 )
+from rpu_ray.experiment import read_events
 from rpu_ray.export import export_vae, load_vae
 from rpu_ray.labels import LabelLevel, LeafRunLabels
 from rpu_ray.pbt import initial_hyperparameters
@@ -195,7 +196,7 @@ def _write_outputs(grid: Any, out_dir: Path, mode: str) -> PBTRunResult:
         "mode": mode, "score": best_score, "model_score": metrics["model_scores"][model_index],
         "member": int(metrics["member"]), "generation": int(metrics["training_iteration"]) - 1,
         "hyperparameters": payload["member"]["hyperparameters"]})
-    generations = _events(out_dir / "events.jsonl", "generation")
+    generations = read_events(out_dir, "generation")
     plot_pbt(generations, results, out_dir / "pbt.png")
     return PBTRunResult(
         out_dir=out_dir,
@@ -203,13 +204,6 @@ def _write_outputs(grid: Any, out_dir: Path, mode: str) -> PBTRunResult:
         best_score=float(best_score), best_member=int(metrics["member"]),
         best_generation=int(metrics["training_iteration"]) - 1,
         generations=len(generations), num_errors=grid.num_errors)
-
-
-def _events(path: Path, kind: str) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with path.open() as f:
-        return [e for e in map(json.loads, f) if e.get("event") == kind]
 
 
 def plot_pbt(generations: list[dict[str, Any]], results: pd.DataFrame, path: Path) -> None:

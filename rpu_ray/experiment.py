@@ -253,8 +253,7 @@ def status_text(directory: str | Path) -> str:
         if record is None:
             return f"{key}: pending"
         if record["status"] != "done":
-            generations = len([e for e in _read_events(directory / "metaepochs" / key)
-                               if e["event"] == "generation"])
+            generations = len(read_events(directory / "metaepochs" / key, "generation"))
             return (f"{key}: running on {record['size']:,} images, {generations} generations "
                     "so far")
         return (f"{key}: {record['size']:,} images, best UDR {record['best_score']:.3f} after "
@@ -288,8 +287,11 @@ def status_text(directory: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _read_events(directory: Path) -> list[dict[str, Any]]:
-    path = directory / "events.jsonl"
+def read_events(directory: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The events of `directory/events.jsonl` (a run, a metaEpoch or the final run), all or
+    only those of one kind ("generation", "exploit", "metaepoch_done", ...)."""
+    path = Path(directory) / "events.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    events = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [e for e in events if kind is None or e.get("event") == kind]

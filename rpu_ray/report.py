@@ -34,7 +34,7 @@ from rpu_ray import data
 from rpu_ray.config import ExperimentConfig, load_config
 from rpu_ray.data import DataError, Dataset
 from rpu_ray.evaluation import encode_images, evaluate_model, per_latent_kl
-from rpu_ray.experiment import ExperimentDirError, read_run_file
+from rpu_ray.experiment import ExperimentDirError, read_events, read_run_file
 from rpu_ray.export import load_vae
 from rpu_ray.labels import LeafRunLabels
 from rpu_ray.models import VAEEnsemble
@@ -315,14 +315,6 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _generations(directory: Path) -> list[dict[str, Any]]:
-    path = directory / "events.jsonl"
-    if not path.exists():
-        return []
-    events = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return [e for e in events if e.get("event") == "generation"]
-
-
 def _latents(indices: Sequence[int]) -> str:
     """1-based latent names, as in the traversals."""
     return ", ".join(f"z{int(i) + 1}" for i in indices) or "none"
@@ -453,7 +445,7 @@ class _Report:
         rows = []
         for key in sorted(self.epochs, key=_metaepoch_order):
             record = self.epochs[key]
-            generations = _generations(self.directory / "metaepochs" / key)
+            generations = read_events(self.directory / "metaepochs" / key, "generation")
             done = record["status"] == "done"
             rows.append((
                 key, record["status"], f"{record['size']:,}",
@@ -523,7 +515,7 @@ class _Report:
             self.add(_Heading(2, f"metaEpoch {key}"))
             model_path = directory / "best_vae.pt"
             if record["status"] != "done":
-                generations = len(_generations(directory))
+                generations = len(read_events(directory, "generation"))
                 self.add(_Paragraph(f"Running on {record['size']:,} images: {generations} "
                                     "generation(s) so far."))
             elif self.dataset is not None and model_path.exists():
