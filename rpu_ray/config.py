@@ -153,6 +153,9 @@ class RPUConfig:
     """The recursion (Algorithm 1): leaf-runs, dataset reduction and the final model."""
 
     leaf_runs: int = 3
+    # Leaf-runs are independent: they run at the same time (their trials share the cluster's
+    # resources) up to this many; None = all of them.
+    max_concurrent_leaf_runs: int | None = None
     # metaEpochs per leaf-run at most (the authors had no cap).
     max_depth: int = 6
     # Images per generation in leaf-run metaEpochs; None = max(10,000, |d|) as the authors.
@@ -170,6 +173,8 @@ class RPUConfig:
         out = []
         if self.leaf_runs < 0:
             out.append(f"leaf_runs: must be >= 0, got {self.leaf_runs}")
+        if self.max_concurrent_leaf_runs is not None and self.max_concurrent_leaf_runs < 1:
+            out.append("max_concurrent_leaf_runs: must be >= 1 (or null: all)")
         if self.max_depth < 1:
             out.append(f"max_depth: must be >= 1, got {self.max_depth}")
         if self.leaf_generation_images is not None and self.leaf_generation_images < 2:

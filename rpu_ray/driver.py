@@ -21,8 +21,11 @@ import json
 import logging
 import math
 import os
+import shutil
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,8 @@ from rpu_ray.evaluation import (
     best_model,
     encode_images,
     evaluate_model,
+    evaluation_positions,
+    label_ground_truth,
     per_latent_kl,
 )
 from rpu_ray.experiment import read_events
@@ -234,6 +239,48 @@ def plot_pbt(generations: list[dict[str, Any]], results: pd.DataFrame, path: Pat
 
 # ----------------------------------------------------------------------------- rPU-VAE
 
+
+@dataclass(frozen=True)
+class DatasetHandle:
+    """A data set whose images are one object-store entry, shipped to actors and tasks.
+
+    Passing a `Dataset` to a Ray actor or task serialises its images again; a handle carries
+    the reference instead, so an rPU-VAE run keeps one copy of the images in the object store
+    however many PBT runs (and subsets) it starts.
+    """
+
+    images: Any  # ray.ObjectRef to the uint8 (N, C, H, W) storage
+    factors: np.ndarray | None
+    factor_names: tuple[str, ...]
+    factor_sizes: tuple[int, ...]
+    source: str
+    indices: np.ndarray | None
+
+    @classmethod
+    def put(cls, dataset: Dataset) -> DatasetHandle:
+        import ray
+
+        return cls(ray.put(dataset.images), dataset.factors, dataset.factor_names,
+                   dataset.factor_sizes, dataset.source, dataset.indices)
+
+    def of(self, dataset: Dataset) -> DatasetHandle:
+        """The handle of `dataset`, a subset of this handle's data set."""
+        return dataclasses.replace(self, indices=dataset.indices)
+
+    def get(self) -> Dataset:
+        import ray
+
+        return Dataset(ray.get(self.images), self.factors, self.factor_names, self.factor_sizes,
+                       self.source, self.indices)
+
+
+def _run_pbt_task(experiment: ExperimentConfig, data: DatasetHandle, mode: str, out_dir: Path,
+                  run: str, resume: bool, progress: bool,
+                  label_chains: list[LabelChain] | None) -> PBTRunResult:
+    """`run_pbt` as a Ray task: each PBT run has its own process, so runs can overlap."""
+    return run_pbt(experiment, data.get(), mode, out_dir, run=run, resume=resume,
+                   progress=progress, images_ref=data.images, label_chains=label_chains)
+
 STATE_FILE = "state.json"
 EVENTS_FILE = "events.jsonl"
 
@@ -257,25 +304,33 @@ class RPUDriver:
     `rpu_ray.labels`), `final/` (the final PBT-S-VAE run), `final_model.pt`, `metrics.json`.
     """
 
-    def __init__(self, out_dir: str | Path, experiment: ExperimentConfig, dataset: Dataset,
+    def __init__(self, out_dir: str | Path, experiment: ExperimentConfig, data: DatasetHandle,
                  progress: bool = True) -> None:
         self.out_dir = Path(out_dir).resolve()
         self.experiment = experiment
-        self.dataset = dataset
+        self.data = data
+        self.dataset = data.get()
         self.progress = progress
         path = self.out_dir / STATE_FILE
         self.state: dict[str, Any] = (json.loads(path.read_text()) if path.exists() else
                                       {"phase": "x-run", "metaepochs": {}, "leaf_runs": {}})
-        self._images_ref: Any = None
+        # Leaf-runs run in threads of this actor; they share `state` and the event log.
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _save(self) -> None:
-        _write_json_atomically(self.out_dir / STATE_FILE, self.state)
+    def _update(self, *path: str, value: Any) -> None:
+        """Set state[path] = value and write the state file, atomically w.r.t. other threads."""
+        with self._lock:
+            target = self.state
+            for key in path[:-1]:
+                target = target.setdefault(key, {})
+            target[path[-1]] = value
+            _write_json_atomically(self.out_dir / STATE_FILE, self.state)
 
     def _event(self, kind: str, **fields: Any) -> None:
         event = {"event": kind, "time": time.time(), **fields}
-        with (self.out_dir / EVENTS_FILE).open("a") as f:
+        with self._lock, (self.out_dir / EVENTS_FILE).open("a") as f:
             f.write(json.dumps(event) + "\n")
         if self.progress:
             details = ", ".join(f"{k}={v}" for k, v in fields.items())
@@ -283,27 +338,37 @@ class RPUDriver:
 
     def status(self) -> dict[str, Any]:
         """The current state (what `rpu-ray status` shows); safe to call while running."""
-        return json.loads(json.dumps(self.state))
+        with self._lock:
+            return json.loads(json.dumps(self.state))
 
     # ------------------------------------------------------------------ the algorithm
 
     def run(self) -> dict[str, Any]:
         """Run (or continue) the whole algorithm; returns the final state."""
-        import ray
-
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._images_ref = ray.put(self.dataset.images)  # one object-store copy per run
         root = self._x_run()
         if root is not None:
-            self.state["phase"] = "leaf-runs"
-            for leaf in range(1, self.experiment.rpu.leaf_runs + 1):
-                self._leaf_run(leaf, root)
-            self.state["phase"] = "final"
+            self._update("phase", value="leaf-runs")
+            leaves = range(1, self.experiment.rpu.leaf_runs + 1)
+            workers = self.experiment.rpu.max_concurrent_leaf_runs or len(leaves) or 1
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leaf-run") as pool:
+                # list(): re-raise the first leaf-run error here
+                list(pool.map(lambda leaf: self._leaf_run(leaf, root), leaves))
+            self._update("phase", value="final")
             self._final_run()
-        self.state["phase"] = "done"
-        self._save()
+        self._update("phase", value="done")
         self._event("done", final_model=self.state.get("final", {}).get("model"))
         return self.status()
+
+    def _pbt(self, experiment: ExperimentConfig, dataset: Dataset, mode: str, directory: Path,
+             run: str, resume: bool, label_chains: list[LabelChain] | None = None
+             ) -> PBTRunResult:
+        """One PBT run in its own Ray task, named for the dashboard (e.g. `pbt:leaf1-2`)."""
+        import ray
+
+        task = ray.remote(num_cpus=0, max_retries=0)(_run_pbt_task).options(name=f"pbt:{run}")
+        return ray.get(task.remote(experiment, self.data.of(dataset), mode, directory, run,
+                                   resume, self.progress, label_chains))
 
     def _metaepoch(self, key: str, dataset: Dataset, generation_images: int) -> dict[str, Any]:
         """One PBT-U-VAE run on `dataset` until convergence, then labelling with its best VAE."""
@@ -314,49 +379,62 @@ class RPUDriver:
             return records[key]
         directory = self.out_dir / "metaepochs" / key
         resume = key in records and tune.Tuner.can_restore(str(directory / "tune" / key))
-        records[key] = {"status": "running", "size": len(dataset)}
-        self._save()
+        if not resume:
+            # A start that was killed before Tune saved its state left nothing to resume;
+            # its partial logs must not mix with the new run's.
+            shutil.rmtree(directory, ignore_errors=True)
+        self._update("metaepochs", key, value={"status": "running", "size": len(dataset)})
         self._event("metaepoch_started", key=key, images=len(dataset), resume=resume)
         experiment = dataclasses.replace(
             self.experiment,
             train=dataclasses.replace(self.experiment.train, generation_images=generation_images))
-        result = run_pbt(experiment, dataset, "udr", directory, run=key, resume=resume,
-                         progress=self.progress, images_ref=self._images_ref)
-        level, kl = self._label(directory / "best_vae.pt", dataset)
+        result = self._pbt(experiment, dataset, "udr", directory, key, resume)
+        level, kl, truth = self._label(directory / "best_vae.pt", dataset)
         save_label_level(directory / "labels.npz", level)
-        records[key] = {
+        record = {
             "status": "done", "size": len(dataset), "best_score": result.best_score,
             "generations": result.generations, "stop_reason": result.stop_reason,
             "active_latents": level.latents.tolist(), "kl": kl.tolist(),
             "model": str(directory / "best_vae.pt"),
         }
-        self._save()
+        if truth is not None:
+            record["ground_truth"] = truth
+        self._update("metaepochs", key, value=record)
         self._event("metaepoch_done", key=key, best_score=round(result.best_score, 4),
-                    generations=result.generations, active_latents=level.latents.tolist())
+                    generations=result.generations, active_latents=level.latents.tolist(),
+                    **({"labels": truth["labels"]} if truth else {}))
         return records[key]
 
-    def _label(self, model_path: Path, dataset: Dataset) -> tuple[LabelLevel, np.ndarray]:
-        """Surrogate labels: encoder means of the active latents of the best VAE on `dataset`."""
+    def _label(self, model_path: Path, dataset: Dataset
+               ) -> tuple[LabelLevel, np.ndarray, dict[str, Any] | None]:
+        """Surrogate labels: encoder means of the active latents of the best VAE on `dataset`;
+        with known factors also how the labels match them (`label_ground_truth`)."""
         model, _ = load_vae(model_path)
         mu, logsigma = encode_images(model, dataset.all_images())
         kl = per_latent_kl(mu[0], logsigma[0], self.experiment.eval.kl)
         active = active_latents(kl, self.experiment.rpu.reduction.active_kl_threshold)
         level = LabelLevel(dataset.storage_indices().astype(np.int64), mu[0][:, active], active)
-        return level, kl
+        truth = None
+        if dataset.has_factors:
+            sample = evaluation_positions(len(dataset), self.experiment.eval.mig_points,
+                                          self.experiment.eval.score_seed)
+            truth = label_ground_truth(mu[0][sample], active, dataset.batch_factors(sample),
+                                       dataset.factor_names, self.experiment.eval.mig_bins)
+        return level, kl, truth
 
     def _x_run(self) -> LabelLevel | None:
         """metaEpoch 0 on the whole data set; its labels are the root of every leaf-run."""
         record = self._metaepoch("x", self.dataset, self.experiment.train.generation_images)
         if not record["active_latents"]:
-            self.state["stop_reason"] = "no active latent after the x-run: nothing to label"
-            self._event("stopped", reason=self.state["stop_reason"])
+            reason = "no active latent after the x-run: nothing to label"
+            self._update("stop_reason", value=reason)
+            self._event("stopped", reason=reason)
             return None
         return load_label_level(self.out_dir / "metaepochs" / "x" / "labels.npz")
 
     def _leaf_run(self, leaf: int, root: LabelLevel) -> None:
         """One chain of reductions and metaEpochs, starting from root interval `leaf`."""
-        runs = self.state["leaf_runs"]
-        if runs.get(str(leaf), {}).get("status") == "done":
+        if self.state["leaf_runs"].get(str(leaf), {}).get("status") == "done":
             return
         rpu, policy = self.experiment.rpu, self.experiment.pbt.policy
         levels, current, labels = [root], self.dataset, root.labels
@@ -371,11 +449,11 @@ class RPUDriver:
                 break
             current = current.subset(reduction.indices)
             key = f"leaf{leaf}-{depth}"
-            budget = rpu.leaf_generation_images or max(10_000, len(current))
-            runs[str(leaf)] = {"status": "running", "depth": depth, "steps": steps}
-            self._save()
-            record = self._metaepoch(key, current, budget)
             steps[-1]["metaepoch"] = key
+            budget = rpu.leaf_generation_images or max(10_000, len(current))
+            self._update("leaf_runs", str(leaf),
+                         value={"status": "running", "depth": depth, "steps": list(steps)})
+            record = self._metaepoch(key, current, budget)
             if policy.min_score is not None and record["best_score"] < policy.min_score:
                 stop = "below_min_score"
                 break
@@ -387,9 +465,9 @@ class RPUDriver:
             labels = level.labels
         tree = LeafRunLabels(leaf, levels)
         tree.save(self.out_dir / "labels" / f"leaf-{leaf}.npz")
-        runs[str(leaf)] = {"status": "done", "stop_reason": stop, "levels": len(levels),
-                           "steps": steps, "labels": f"labels/leaf-{leaf}.npz"}
-        self._save()
+        self._update("leaf_runs", str(leaf), value={
+            "status": "done", "stop_reason": stop, "levels": len(levels), "steps": steps,
+            "labels": f"labels/leaf-{leaf}.npz"})
         self._event("leaf_run_done", leaf=leaf, levels=len(levels), stop_reason=stop)
 
     def _final_run(self) -> None:
@@ -414,16 +492,16 @@ class RPUDriver:
                                     policy=policy))
         directory = self.out_dir / "final"
         resume = "final" in self.state and tune.Tuner.can_restore(str(directory / "tune" / "final"))
-        self.state["final"] = {"status": "running"}
-        self._save()
+        if not resume:
+            shutil.rmtree(directory, ignore_errors=True)
+        self._update("final", value={"status": "running"})
         self._event("final_run_started", leaf_runs=len(chains), resume=resume)
-        result = run_pbt(experiment, self.dataset, "leafmig", directory, run="final",
-                         resume=resume, progress=self.progress, images_ref=self._images_ref,
-                         label_chains=chains)
+        result = self._pbt(experiment, self.dataset, "leafmig", directory, "final", resume,
+                           label_chains=chains)
         model_path = self.out_dir / "final_model.pt"
         save_checkpoint(model_path, load_checkpoint(directory / "best_vae.pt"))
-        self.state["final"] = {"status": "done", "leaf_mig": result.best_score,
-                               "generations": result.generations, "model": str(model_path)}
+        final = {"status": "done", "leaf_mig": result.best_score,
+                 "generations": result.generations, "model": str(model_path)}
         if self.dataset.has_factors:
             model, _ = load_vae(model_path)
             metrics = evaluate_model(model, self.dataset.all_images(), self.dataset.all_factors(),
@@ -433,10 +511,9 @@ class RPUDriver:
                                      dci_mode=self.experiment.eval.dci_mode)
             metrics["factor_names"] = list(self.dataset.factor_names)
             _write_json_atomically(self.out_dir / "metrics.json", metrics)
-            self.state["final"]["mig"] = metrics["mig"]
-        self._save()
-        self._event("final_run_done", leaf_mig=round(result.best_score, 4),
-                    mig=self.state["final"].get("mig"))
+            final["mig"] = metrics["mig"]
+        self._update("final", value=final)
+        self._event("final_run_done", leaf_mig=round(result.best_score, 4), mig=final.get("mig"))
 
 
 def save_label_level(path: Path, level: LabelLevel) -> None:

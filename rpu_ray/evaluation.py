@@ -42,7 +42,8 @@ from rpu_ray.metrics import (
 from rpu_ray.models import VAEEnsemble
 
 __all__ = ["best_model", "encode_images", "evaluate_model", "evaluation_positions",
-           "per_latent_kl", "score_leaf_mig", "score_supervised", "score_udr"]
+           "label_ground_truth", "per_latent_kl", "score_leaf_mig", "score_supervised",
+           "score_udr"]
 
 LabelChain = list[tuple[np.ndarray, np.ndarray]]  # (indices into the full set, labels) per level
 
@@ -206,6 +207,39 @@ def per_latent_kl(mu: np.ndarray, logsigma: np.ndarray, kind: str, batch_size: i
     if usable == 0:
         raise ValueError(f"the authors' pseudo-KL needs at least {batch_size} images")
     return authors_pseudo_kl(mu[:usable], logsigma[:usable], batch_size)
+
+
+def label_ground_truth(codes: np.ndarray, active: np.ndarray, factors: np.ndarray,
+                       factor_names: tuple[str, ...] | list[str], num_bins: int = 20
+                       ) -> dict[str, Any]:
+    """How a metaEpoch's surrogate labels relate to known factors (reports only; never used
+    by the algorithm).
+
+    Args:
+      codes: encoder means (N, C) of all latents of the metaEpoch's best VAE on its subset.
+      active: the active latents (the labels are `codes[:, active]`).
+      factors: integer factors (N, F) of the same images; factors constant on the subset are
+        left out.
+      factor_names: the F names.
+      num_bins: histogram bins of the codes, as MIG.
+
+    Returns a dict with `mig_per_factor` ({factor: MIG of all C latents}, as `mig_per_factor`)
+    and `labels` ({active latent: [best-matching factor, its mutual information normalised
+    by the factor's entropy]}).
+    """
+    columns = _informative(factors)
+    names = [factor_names[c] for c in columns]
+    if not len(columns) or codes.shape[1] < 2:
+        return {"mig_per_factor": {}, "labels": {}}
+    factors = factors[:, columns]
+    per_factor = mig_per_factor(codes, factors, num_bins)
+    normalised = (discrete_mutual_info(histogram_discretize(codes, num_bins), factors)
+                  / discrete_entropy(factors))  # (C, F)
+    return {
+        "mig_per_factor": {n: float(v) for n, v in zip(names, per_factor, strict=True)},
+        "labels": {int(z): [names[int(np.argmax(normalised[z]))],
+                            float(np.max(normalised[z]))] for z in active},
+    }
 
 
 def evaluate_model(model: VAEEnsemble, images: np.ndarray, factors: np.ndarray,

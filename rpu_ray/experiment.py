@@ -159,7 +159,7 @@ def _run_rpu(config: ExperimentConfig, dataset: data.Dataset, directory: Path,
     """Run the driver as a Ray actor and print its progress from the experiment directory."""
     import ray
 
-    from rpu_ray.driver import RPUDriver
+    from rpu_ray.driver import DatasetHandle, RPUDriver
 
     _init_ray(address)
     print(f"[rpu-ray] rPU-VAE in {directory}: x-run, {config.rpu.leaf_runs} leaf-runs, final "
@@ -167,7 +167,7 @@ def _run_rpu(config: ExperimentConfig, dataset: data.Dataset, directory: Path,
           flush=True)
     actor_class = ray.remote(num_cpus=0, max_concurrency=2)(RPUDriver)
     driver = actor_class.options(name=f"rpu-driver:{directory.name}").remote(
-        directory, config, dataset, progress=False)
+        directory, config, DatasetHandle.put(dataset), progress=False)
     done = driver.run.remote()
     watcher = ProgressWatcher(directory)
     while True:
@@ -256,9 +256,15 @@ def status_text(directory: str | Path) -> str:
             generations = len(read_events(directory / "metaepochs" / key, "generation"))
             return (f"{key}: running on {record['size']:,} images, {generations} generations "
                     "so far")
-        return (f"{key}: {record['size']:,} images, best UDR {record['best_score']:.3f} after "
+        text = (f"{key}: {record['size']:,} images, best UDR {record['best_score']:.3f} after "
                 f"{record['generations']} generations ({record['stop_reason']}), active latents "
                 f"{record['active_latents']}")
+        labels = record.get("ground_truth", {}).get("labels")
+        if labels:  # known factors: which one each label matches, and the MIG of that factor
+            migs = record["ground_truth"]["mig_per_factor"]
+            text += "; labels ~ " + ", ".join(
+                f"z{z}: {name} (MIG {migs[name]:.2f})" for z, (name, _) in labels.items())
+        return text
 
     lines = [f"rPU-VAE experiment {directory} (phase: {state['phase']})",
              f"  x-run   {metaepoch_line('x')}"]

@@ -147,13 +147,15 @@ class GenerationalPBT(PopulationBasedTraining):
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         # The controller is needed at the barrier (`_quantiles`, which Ray calls without it).
         self._controller = tune_controller
-        if trial in self._dropped:  # it was still running when it was dropped
+        if trial in self._dropped or self.stop_reason:
+            # It was still running (or already restarted) when it was dropped or the run
+            # stopped: its result belongs to no generation.
             return TrialScheduler.STOP
         self._release_failed()
         decision = super().on_trial_result(tune_controller, trial, result)
         ending = self._take_ending(tune_controller.get_live_trials())
         for other in ending - {trial}:
-            if other.status == Trial.PAUSED:
+            if other.status in (Trial.PAUSED, Trial.PENDING):
                 tune_controller.stop_trial(other)
         return TrialScheduler.STOP if trial in ending else decision
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -27,3 +29,56 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Positions (pixels) of the square along each axis in `clustered_squares`.
+SQUARE_POSITIONS = (2, 9, 16, 23)
+
+
+def clustered_squares(copies: int = 24, seed: int = 0) -> tuple:
+    """A generated set whose answer is known: an 8x8 square at one of 4 x 4 positions of a
+    32x32 image, `copies` noisy copies of each (uint8 (N, 32, 32), integer factors (N, 2)).
+    Images of one position differ only by faint noise, so any encoder maps them close
+    together and far from the other positions: a correct reduction keeps or drops whole
+    positions, never part of one."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images, factors = [], []
+    for ix, x in enumerate(SQUARE_POSITIONS):
+        for iy, y in enumerate(SQUARE_POSITIONS):
+            base = np.zeros((32, 32), np.float64)
+            base[y:y + 8, x:x + 8] = 255.0
+            for _ in range(copies):
+                images.append(np.clip(base + rng.normal(0.0, 6.0, base.shape), 0, 255))
+                factors.append((ix, iy))
+    return np.asarray(images).astype(np.uint8), np.asarray(factors, np.int64)
+
+
+@pytest.fixture
+def squares_npz(tmp_path):
+    """`clustered_squares` saved as a user data file (`images`, `labels`)."""
+    import numpy as np
+
+    images, factors = clustered_squares()
+    path = tmp_path / "squares.npz"
+    np.savez(path, images=images, labels=factors)
+    return path
+
+
+# `rpu-ray run` arguments for the smoke preset on `squares_npz`. The squares are learnt in a
+# few hundred images; latents of such a short training carry less KL than the default
+# threshold (calibrated for trained models), hence the lower one.
+SMOKE_ON_SQUARES = ["--preset", "smoke", "--set", "data.subsample=",
+                    "--set", "pbt.policy.min_score=",
+                    "--set", "rpu.reduction.active_kl_threshold=0.1"]
+CLI_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+CLI = [sys.executable, "-m", "rpu_ray.cli", "-q"]
+
+
+def run_cli(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    """`rpu-ray -q ARGS` in a subprocess; fails the test with its output if it fails."""
+    done = subprocess.run([*CLI, *args], env=CLI_ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done

@@ -8,8 +8,14 @@ import torch
 
 from rpu_ray.config import EvalConfig
 from rpu_ray.engine import Member
-from rpu_ray.evaluation import best_model, evaluation_positions, score_supervised, score_udr
-from rpu_ray.metrics import authors_pseudo_kl, gaussian_kl, mig, udr
+from rpu_ray.evaluation import (
+    best_model,
+    evaluation_positions,
+    label_ground_truth,
+    score_supervised,
+    score_udr,
+)
+from rpu_ray.metrics import authors_pseudo_kl, gaussian_kl, mig, mig_per_factor, udr
 
 HPARAMS = {"lr": 1e-3, "batch_size": 32, "beta": 4}
 
@@ -87,3 +93,21 @@ def test_non_finite_codes_score_nan(member_and_images) -> None:
 def test_best_model_ignores_nan() -> None:
     assert best_model([0.2, float("nan"), 0.5, 0.5]) == 2
     assert best_model([float("nan"), 0.1]) == 1
+
+
+def test_label_ground_truth_matches_each_label_to_its_factor() -> None:
+    rng = np.random.default_rng(0)
+    factors = np.stack([rng.integers(0, 4, 2000), np.zeros(2000, int),
+                        rng.integers(0, 3, 2000)], axis=1)
+    # latent 0 encodes factor "b" (column 2) exactly, latent 2 encodes "a", latent 1 is noise
+    codes = np.stack([factors[:, 2] + 0.01 * rng.normal(size=2000), rng.normal(size=2000),
+                      -2.0 * factors[:, 0] + 0.01 * rng.normal(size=2000)], axis=1)
+    truth = label_ground_truth(codes, np.array([0, 2]), factors, ("a", "const", "b"))
+
+    # the constant factor is left out; MIG is the library's on the remaining columns
+    expected = mig_per_factor(codes, factors[:, [0, 2]])
+    assert truth["mig_per_factor"] == pytest.approx({"a": expected[0], "b": expected[1]})
+    assert set(truth["labels"]) == {0, 2}
+    assert truth["labels"][0][0] == "b" and truth["labels"][2][0] == "a"
+    # a code that determines its factor carries all of the factor's entropy
+    assert [truth["labels"][z][1] for z in (0, 2)] == pytest.approx([1.0, 1.0])
