@@ -8,6 +8,7 @@ import pytest
 
 from rpu_ray.config import (
     PRESETS,
+    TrainConfig,
     ConfigError,
     ExperimentConfig,
     dump_config,
@@ -37,10 +38,13 @@ def test_resolution_order_file_preset_overrides(tmp_path: Path) -> None:
     path.write_text("preset: smoke\nmodel:\n  num_models: 3\nseed: 7\n")
     config = load_config(path, overrides=["seed=9", "data.subsample=[1, 1, 2, 2, 2]"])
     assert config.model.num_models == 3  # file over preset
-    assert config.train.generation_images == 1000  # from the smoke preset
+    smoke, demo = (load_config(preset_name=name).train.generation_images
+                   for name in ("smoke", "demo"))
+    assert smoke != demo and smoke != TrainConfig().generation_images
+    assert config.train.generation_images == smoke  # from the smoke preset
     assert config.seed == 9  # override over file
     assert config.data.subsample == [1, 1, 2, 2, 2]
-    assert load_config(path, preset_name="demo").train.generation_images == 3000
+    assert load_config(path, preset_name="demo").train.generation_images == demo
 
 
 def test_parse_override_values_are_yaml() -> None:

@@ -28,7 +28,7 @@ import torch
 from ray import tune
 
 from rpu_ray.checkpoint import load_checkpoint, save_checkpoint
-from rpu_ray.config import ExperimentConfig, from_dict
+from rpu_ray.config import ExperimentConfig, ResourcesConfig, from_dict
 from rpu_ray.engine import Member
 from rpu_ray.evaluation import LabelChain, score_leaf_mig, score_supervised, score_udr
 
@@ -73,6 +73,24 @@ def choose_device(preference: str) -> torch.device:
     return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
 
 
+def resident_memory_mb() -> float | None:
+    """This process's resident memory (Linux `/proc`; None elsewhere), for leak monitoring."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kilobytes = next((int(line.split()[1]) for line in status.splitlines()
+                      if line.startswith("VmRSS:")), None)
+    return None if kilobytes is None else kilobytes / 1024
+
+
+def gpu_memory_share(resources: ResourcesConfig) -> float:
+    """The fraction of its GPU's memory a trial may allocate: `gpu_memory_fraction` if set,
+    else its share of the GPU (k trials at `gpus_per_trial` 1/k never exceed the GPU together;
+    memory is not isolated by Ray's fractional GPUs)."""
+    return resources.gpu_memory_fraction or min(1.0, resources.gpus_per_trial or 1.0)
+
+
 class MemberTrainable(tune.Trainable):
     """One population member (M fused VAEs) as a class-based Tune trainable."""
 
@@ -105,8 +123,7 @@ class MemberTrainable(tune.Trainable):
     def _configure_device(self) -> None:
         resources = self.experiment.resources
         if self.device.type == "cuda":
-            share = resources.gpu_memory_fraction or min(1.0, resources.gpus_per_trial or 1.0)
-            torch.cuda.set_per_process_memory_fraction(share, self.device)
+            torch.cuda.set_per_process_memory_fraction(gpu_memory_share(resources), self.device)
         else:
             torch.set_num_threads(max(1, int(resources.cpus_per_trial)))
 
@@ -176,6 +193,11 @@ class MemberTrainable(tune.Trainable):
             "model_images_per_s": stats["model_images_per_s"],
             "member": self.member_index,
             "lineage": "-".join(map(str, self.lineage)),
+            # Where it ran (the dashboard and results.csv show how trials are placed).
+            "device": str(self.device),
+            "gpu_ids": [int(g) for g in ray.get_gpu_ids()],
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "rss_mb": resident_memory_mb(),
             **self.member.hyperparameters,
         }
 
