@@ -40,6 +40,7 @@ def test_fractional_gpus_put_two_members_on_one_gpu(tmp_path: Path) -> None:
     # (the members then train on the CPU, as `train.device: auto` chooses).
     config = load_config(preset_name="smoke", overrides=[
         *SMALL, "pbt.population=2", "pbt.policy.max_generations=2",
+        "train.generation_images=2000",  # steps of seconds: Tune's timestamps are whole seconds
         "resources.gpus_per_trial=0.5", "resources.cpus_per_trial=0.5"])
     ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False,
              object_store_memory=256 * 1024**2)

@@ -8,9 +8,9 @@ import pytest
 
 from rpu_ray.config import (
     PRESETS,
-    TrainConfig,
     ConfigError,
     ExperimentConfig,
+    TrainConfig,
     dump_config,
     load_config,
     parse_override,
