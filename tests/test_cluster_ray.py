@@ -18,7 +18,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from rpu_ray import data  # noqa: E402
 from rpu_ray.config import ResourcesConfig, load_config  # noqa: E402
 from rpu_ray.driver import run_pbt  # noqa: E402
-from trainables.member import gpu_memory_share  # noqa: E402
+from trainables.member import MemberTrainable, gpu_memory_share  # noqa: E402
 
 SMALL = ["train.generation_images=200", "eval.udr_points=100", "pbt.policy.min_score="]
 
@@ -33,6 +33,14 @@ def _dataset(config):
 def test_gpu_memory_share(gpus: float, fraction: float | None, share: float) -> None:
     resources = ResourcesConfig(gpus_per_trial=gpus, gpu_memory_fraction=fraction)
     assert gpu_memory_share(resources) == share
+
+
+def test_member_actors_say_which_member_of_which_run_they_train() -> None:
+    # Ray shows this repr in the dashboard's actor list and in log prefixes.
+    trainable = MemberTrainable.__new__(MemberTrainable)
+    assert repr(trainable) == "MemberTrainable"  # before setup
+    trainable.run_name, trainable.member_index = "leaf1-2", 3
+    assert repr(trainable) == "member 3 of pbt:leaf1-2"
 
 
 def test_fractional_gpus_put_two_members_on_one_gpu(tmp_path: Path) -> None:

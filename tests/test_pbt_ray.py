@@ -76,6 +76,9 @@ def test_pbt_exploits_and_replaces_diverged_members(ray_session, tmp_path: Path)
     assert result.stop_reason == "max_generations" and result.generations == 3
     assert result.num_errors == 0
     assert [g["generation"] for g in _generations(tmp_path)] == [0, 1, 2]
+    # Every member has TensorBoard logs (tensorboardX installed: Tune's default loggers).
+    trials = [d for d in (tmp_path / "tune" / "pbt").iterdir() if d.is_dir()]
+    assert len(trials) == 4 and all(any(d.glob("events.out.tfevents.*")) for d in trials)
     results = pd.read_csv(tmp_path / "results.csv")
     first = results[results.training_iteration == 1]
     # Diverged (NaN loss or non-finite codes): the worst score, -inf.

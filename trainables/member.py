@@ -118,6 +118,12 @@ class MemberTrainable(tune.Trainable):
             raise ValueError("mode 'leafmig' needs label_chains and the full data set")
         self._build(config)
 
+    def __repr__(self) -> str:
+        # Ray shows an actor's repr in the dashboard and in its log prefixes: say which member
+        # of which PBT run (metaEpoch) this process trains.
+        run, index = getattr(self, "run_name", None), getattr(self, "member_index", None)
+        return "MemberTrainable" if run is None else f"member {index} of pbt:{run}"
+
     # ------------------------------------------------------------------ setup helpers
 
     def _configure_device(self) -> None:
