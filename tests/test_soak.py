@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -53,12 +54,19 @@ def test_twenty_generations_keep_memory_and_disk_bounded(tmp_path: Path) -> None
     def driver_mb_at(moment: float) -> float:
         return max(mb for t, mb in driver_rss if t <= moment)
 
-    # After warm-up (generation 5) the controller's memory stays flat: at most +10 %.
-    assert driver_mb_at(barriers[-1]) <= 1.10 * driver_mb_at(barriers[5])
-    # The members' memory per generation, whether their process is new or reused.
+    # A leak worth the name loses at least a member per generation (its checkpoint: weights,
+    # Adam state, generator). After warm-up (generation 4) the trend of the controller's and
+    # the members' resident memory must stay below a quarter of that per generation;
+    # allocator noise is +-50 MB between generations (measured: members +4 MB/generation,
+    # with one 30 MB checkpoint).
+    member_mb = max(f.stat().st_size for f in tmp_path.rglob("member.pt")) / 2**20
+    generations = np.arange(4, len(barriers))
+    driver_slope = np.polyfit(generations, [driver_mb_at(barriers[g]) for g in generations], 1)[0]
+    assert driver_slope < member_mb / 4, (driver_slope, member_mb)
     results = pd.read_csv(tmp_path / "results.csv")
-    per_generation = results.groupby("training_iteration").rss_mb.max()
-    assert per_generation.loc[15:].max() <= 1.10 * per_generation.loc[3:6].max()
+    later = results[results.training_iteration > 4]
+    member_slope = np.polyfit(later.training_iteration, later.rss_mb, 1)[0]
+    assert member_slope < member_mb / 4, (member_slope, member_mb)
     # Disk: at most `keep` checkpoints per member at the end (Tune keeps the best ones plus
     # the latest within that number), and no temporary files left behind.
     trial_dirs = [d for d in (tmp_path / "tune" / "pbt").iterdir() if d.is_dir()]
@@ -68,4 +76,6 @@ def test_twenty_generations_keep_memory_and_disk_bounded(tmp_path: Path) -> None
         assert 1 <= len(checkpoints) <= keep, (trial.name, [c.name for c in checkpoints])
     leftovers = list(tmp_path.rglob(".*.tmp*"))
     assert not leftovers, leftovers
-    assert sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file()) < 400 * 2**20
+    total_mb = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file()) / 2**20
+    # (the kept checkpoints, best_member.pt, and small files: logs, best_vae.pt, the plot)
+    assert total_mb < (config.pbt.population * keep + 1) * member_mb + 20
