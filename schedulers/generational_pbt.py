@@ -33,15 +33,18 @@ import copy
 import json
 import logging
 import math
+import posixpath
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
+from ray.tune import Checkpoint
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
-from ray.tune.schedulers.pbt import _FutureTrainingResult
+from ray.tune.schedulers.pbt import _FutureTrainingResult, _TrainingResult
 
 from rpu_ray.pbt import (
     HYPERPARAMETERS,
@@ -104,6 +107,8 @@ class GenerationalPBT(PopulationBasedTraining):
         self._to_stop: set[Trial] = set()
         self._controller: Any = None
         self._history_loaded = False
+        # (generation, path) of the checkpoint copies handed to clones (`_hand_over`).
+        self._handovers: list[tuple[int, str]] = []
 
     # ---------------------------------------------------------------- events
 
@@ -263,6 +268,30 @@ class GenerationalPBT(PopulationBasedTraining):
             log.warning("no checkpoint of %s to clone; %s keeps its weights", donor, trial)
             return
         self._exploit(tune_controller, trial, donor)
+        # Hand the clone its own copy of the donor's checkpoint. With more members than slots
+        # the clone may only restore after the donor has trained on and Tune's retention
+        # (`checkpoints_to_keep`) has deleted that checkpoint: the clone then fails for good.
+        manager = trial.run_metadata.checkpoint_manager
+        manager._latest_checkpoint_result = _TrainingResult(
+            checkpoint=self._hand_over(checkpoint, trial),
+            metrics=manager._latest_checkpoint_result.metrics)
+
+    def _hand_over(self, checkpoint: Checkpoint, clone: Trial) -> Checkpoint:
+        """A copy of `checkpoint` that only `clone` uses, in `handover/` of the experiment
+        (on the same storage). Copies made at earlier barriers are deleted: by this barrier
+        every clone of the previous one has restored and saved checkpoints of its own."""
+        filesystem = checkpoint.filesystem
+        generation = len(self.best_scores) - 1
+        for path in [p for g, p in self._handovers if g < generation]:
+            filesystem.delete_dir(path)
+        self._handovers = [(g, p) for g, p in self._handovers if g >= generation]
+        experiment = posixpath.dirname(posixpath.dirname(checkpoint.path))
+        target = posixpath.join(experiment, "handover", f"{clone.trial_id}-{generation}")
+        filesystem.create_dir(target)
+        pyarrow.fs.copy_files(checkpoint.path, target, source_filesystem=filesystem,
+                              destination_filesystem=filesystem)
+        self._handovers.append((generation, target))
+        return Checkpoint(target, filesystem)
 
     def _get_new_config(self, trial: Trial, trial_to_clone: Trial) -> tuple[dict, dict]:
         decision = self._decisions.pop(trial.trial_id)
