@@ -77,8 +77,12 @@ def test_pbt_exploits_and_replaces_diverged_members(ray_session, tmp_path: Path)
     assert result.num_errors == 0
     assert [g["generation"] for g in _generations(tmp_path)] == [0, 1, 2]
     # Every member has TensorBoard logs (tensorboardX installed: Tune's default loggers).
-    trials = [d for d in (tmp_path / "tune" / "pbt").iterdir() if d.is_dir()]
+    trials = sorted((tmp_path / "tune" / "pbt").glob("MemberTrainable_*"))
     assert len(trials) == 4 and all(any(d.glob("events.out.tfevents.*")) for d in trials)
+    # Clones restore from copies of their donors' checkpoints; only the copies of the last
+    # barrier with an exploit are kept (one clone per barrier in a population of 4).
+    handed = list((tmp_path / "tune" / "pbt" / "handover").iterdir())
+    assert len(handed) == 1 and (handed[0] / "member.pt").exists()
     results = pd.read_csv(tmp_path / "results.csv")
     first = results[results.training_iteration == 1]
     # Diverged (NaN loss or non-finite codes): the worst score, -inf.

@@ -53,6 +53,11 @@ def test_smoke_run_recurses_on_whole_clusters(squares_npz: Path, tmp_path: Path)
                                           STOP_BELOW_MIN_SIZE, STOP_TOO_FEW_POINTS)
         chosen.append(tuple(np.unique(position[labels["level1_indices"]])))
     assert chosen[0] != chosen[1]  # the two leaf-runs start from different root intervals
+    # The leaf-runs ran side by side: each started before the other's first metaEpoch ended.
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    started = {e["key"]: e["time"] for e in events if e["event"] == "metaepoch_started"}
+    done = {e["key"]: e["time"] for e in events if e["event"] == "metaepoch_done"}
+    assert started["leaf1-1"] < done["leaf2-1"] and started["leaf2-1"] < done["leaf1-1"]
     assert (out / "final_model.pt").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["mig"] <= 1.0
