@@ -19,8 +19,7 @@ Modes:
     hessian-weighted). Importances are GradientBoostingClassifier's (squared-error decrease of
     the fitted residuals per split, see `_hist_gbt_importances`), not the histogram trees' own
     gains, which read ~0.05 higher D and C at 10,000 points. 26 CPU-seconds on the data above
-    (30-38 s wall measured with 2 processes on cores shared with other jobs; an estimated
-    ~15 s on 2 idle cores).
+    (12.7 s wall with 2 processes on 2 idle cores; 30-38 s on cores shared with other jobs).
     Measured fast - exact (disentanglement, completeness, informativeness train, test) on the
     synthetic codes of benchmarks/metrics_speed.py (`make_fixture`, default mixing/noise unless
     stated):
