@@ -5,7 +5,7 @@ PBT-S-VAE scored by MIG/DCI) on the current Ray cluster and writes its outputs:
 
     OUT/config.yaml            the fully resolved configuration
     OUT/events.jsonl           one line per generation and per exploit/explore decision
-    OUT/results.csv            every result of every member and generation
+    OUT/results.jsonl, .csv    every result of every member and generation
     OUT/best_member.pt         the best member snapshot over all generations
     OUT/best_vae.pt            its best single VAE (by per-model score), `rpu_ray.export`
     OUT/pbt.png                best/median score and the best member's hyperparameters
@@ -54,6 +54,8 @@ from rpu_ray.reduction import active_latents, reduce
 log = logging.getLogger(__name__)
 
 MODES = ("udr", "mig", "dci", "leafmig")
+# Every result of every member, appended by the scheduler as it arrives (results.csv's source).
+RESULTS_LOG = "results.jsonl"
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
         dump_config(experiment, out_dir / "config.yaml")
         scheduler = GenerationalPBT(
             experiment.pbt.policy, seed=tuple(_seed_words(experiment.seed, run)),
-            events_path=out_dir / "events.jsonl",
+            events_path=out_dir / "events.jsonl", results_path=out_dir / RESULTS_LOG,
             on_generation=_progress_printer(run) if progress else None)
         tuner = tune.Tuner(
             trainable,
@@ -181,9 +183,10 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
 
 def _write_outputs(grid: Any, out_dir: Path, mode: str) -> PBTRunResult:
     """results.csv, the best member and VAE, the plot; the summary of the run."""
-    frames = [r.metrics_dataframe.assign(trial_id=r.metrics.get("trial_id"))
-              for r in grid if r.metrics_dataframe is not None]
-    results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    log_path = out_dir / RESULTS_LOG
+    rows = ([json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+            if log_path.exists() else [])
+    results = pd.DataFrame(rows)
     results.to_csv(out_dir / "results.csv", index=False)
     best_score, best = -math.inf, None
     for result in grid:

@@ -71,11 +71,14 @@ class GenerationalPBT(PopulationBasedTraining):
         policy: every constant and rule of exploit/explore and of the stop rules.
         seed: identifies the PBT run for reproducible decisions (e.g. (experiment seed, run)).
         events_path: JSONL file that receives one line per generation and per decision.
+        results_path: JSONL file that receives every result of every member (Tune's own
+            per-trial progress files lose the rows of a member from before it was cloned).
         on_generation: called with each generation's summary (progress output).
     """
 
     def __init__(self, policy: PBTPolicy, seed: int | tuple[int, ...],
                  events_path: str | Path | None = None,
+                 results_path: str | Path | None = None,
                  on_generation: Callable[[dict[str, Any]], None] | None = None) -> None:
         super().__init__(
             time_attr="training_iteration",
@@ -95,6 +98,7 @@ class GenerationalPBT(PopulationBasedTraining):
         self.policy = policy
         self.seed = seed
         self.events_path = Path(events_path) if events_path is not None else None
+        self.results_path = Path(results_path) if results_path is not None else None
         self.on_generation = on_generation
         self.best_scores: list[float] = []
         self.stop_reason: str | None = None
@@ -152,6 +156,11 @@ class GenerationalPBT(PopulationBasedTraining):
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         # The controller is needed at the barrier (`_quantiles`, which Ray calls without it).
         self._controller = tune_controller
+        if self.results_path is not None:
+            row = {"trial_id": trial.trial_id,
+                   **{k: _plain(v) for k, v in result.items() if k != "config"}}
+            with self.results_path.open("a") as f:
+                f.write(json.dumps(row, allow_nan=False, default=str) + "\n")
         if trial in self._dropped or self.stop_reason:
             # It was still running (or already restarted) when it was dropped or the run
             # stopped: its result belongs to no generation.
@@ -313,3 +322,17 @@ def _median(values: list[float]) -> float:
 def _json_float(value: float) -> float | None:
     """Strict JSON has no infinities: a generation without any finite score logs null."""
     return value if math.isfinite(value) else None
+
+
+def _plain(value: Any) -> Any:
+    """A result value as strict JSON: numpy scalars become Python's, non-finite floats the
+    strings "nan", "inf", "-inf" (which pandas' CSV reader reads back as floats)."""
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict)):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

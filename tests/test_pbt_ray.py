@@ -84,6 +84,10 @@ def test_pbt_exploits_and_replaces_diverged_members(ray_session, tmp_path: Path)
     handed = list((tmp_path / "tune" / "pbt" / "handover").iterdir())
     assert len(handed) == 1 and (handed[0] / "member.pt").exists()
     results = pd.read_csv(tmp_path / "results.csv")
+    # Every member's every generation, also the rows from before a member was cloned.
+    assert len(results) == 4 * 3
+    assert all(sorted(its) == [1, 2, 3]
+               for its in results.groupby("member").training_iteration.apply(list))
     first = results[results.training_iteration == 1]
     # Diverged (NaN loss or non-finite codes): the worst score, -inf.
     diverged = set(first[np.isneginf(first.score)].member)
