@@ -45,7 +45,7 @@ from rpu_ray.evaluation import (
     label_ground_truth,
     per_latent_kl,
 )
-from rpu_ray.experiment import read_events
+from rpu_ray.experiment import read_events, read_jsonl
 from rpu_ray.export import export_vae, load_vae
 from rpu_ray.labels import LabelLevel, LeafRunLabels
 from rpu_ray.pbt import initial_hyperparameters
@@ -183,10 +183,7 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
 
 def _write_outputs(grid: Any, out_dir: Path, mode: str) -> PBTRunResult:
     """results.csv, the best member and VAE, the plot; the summary of the run."""
-    log_path = out_dir / RESULTS_LOG
-    rows = ([json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-            if log_path.exists() else [])
-    results = pd.DataFrame(rows)
+    results = pd.DataFrame(read_jsonl(out_dir / RESULTS_LOG))
     results.to_csv(out_dir / "results.csv", index=False)
     best_score, best = -math.inf, None
     for result in grid:

@@ -293,11 +293,15 @@ def status_text(directory: str | Path) -> str:
     return "\n".join(lines)
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of an append-only JSON-lines log; none if it does not exist yet."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def read_events(directory: Path, kind: str | None = None) -> list[dict[str, Any]]:
     """The events of `directory/events.jsonl` (a run, a metaEpoch or the final run), all or
     only those of one kind ("generation", "exploit", "metaepoch_done", ...)."""
-    path = Path(directory) / "events.jsonl"
-    if not path.exists():
-        return []
-    events = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    events = read_jsonl(Path(directory) / "events.jsonl")
     return [e for e in events if kind is None or e.get("event") == kind]
