@@ -6,10 +6,19 @@ plus scoring, Tune's `time_this_iter_s`), given how many members run at once:
 
     overhead = 1 - sum(step seconds) / (slots * wall seconds)
 
-where slots = min(population, CPUs // cpus_per_trial). The overhead is what Tune adds:
-pausing and resuming members at the barrier, checkpoints, exploitation, actor reuse, result
-handling, plus the idle slots at the barrier when members finish at different times.
-Target: < 5 % of a generation's time at the demo preset.
+where slots = min(population, CPUs // cpus_per_trial). That total splits into two factors:
+
+  * barrier imbalance, inherent to synchronous PBT whatever runs it: with more members than
+    slots, members of unequal step times (batch sizes differ) leave slots idle before the
+    barrier. "ideal" is the wall time of a zero-cost executor: the generation's steps, with
+    their measured durations, started in the order they did start, each on the first free
+    slot. imbalance = 1 - sum(step seconds) / (slots * ideal);
+  * Tune's overhead, what the executor adds to that: pausing and resuming members at the
+    barrier, checkpoints, exploitation, actor reuse, result handling.
+    tune = 1 - ideal / wall.
+
+(1 - overhead) = (1 - imbalance) * (1 - tune). Target: Tune's overhead < 5 % of a
+generation's time at the demo preset.
 
     python benchmarks/pbt_overhead.py                 # demo preset
     python benchmarks/pbt_overhead.py --smoke         # seconds; what the test suite runs
@@ -46,17 +55,27 @@ def measure(preset: str, overrides: list[str], cpus: int, out: Path) -> pd.DataF
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     barriers = [e["time"] for e in events if e["event"] == "generation"]
     results = pd.read_csv(out / "results.csv")
-    step_seconds = results.groupby("training_iteration").time_this_iter_s.sum()
     slots = min(config.pbt.population, int(cpus // config.resources.cpus_per_trial))
     rows = []
     # Generation g (1-based iteration g+1) runs between barrier g-1 and barrier g; the first
     # generation also contains Ray's and the actors' start-up, reported separately.
     for g in range(1, len(barriers)):
         wall = barriers[g] - barriers[g - 1]
-        busy = float(step_seconds.get(g + 1, 0.0))
-        rows.append({"generation": g, "wall_s": wall, "step_s": busy, "slots": slots,
-                     "overhead": 1.0 - busy / (slots * wall)})
+        steps = results[results.training_iteration == g + 1].sort_values("step_started_at")
+        busy = float(steps.time_this_iter_s.sum())
+        ideal = makespan(steps.time_this_iter_s.tolist(), slots)
+        rows.append({"generation": g, "wall_s": wall, "ideal_s": ideal, "step_s": busy,
+                     "slots": slots, "overhead": 1.0 - busy / (slots * wall),
+                     "imbalance": 1.0 - busy / (slots * ideal), "tune": 1.0 - ideal / wall})
     return pd.DataFrame(rows)
+
+
+def makespan(durations: list[float], slots: int) -> float:
+    """Wall time of jobs started in the given order, each on the first slot to become free."""
+    free = [0.0] * slots
+    for duration in durations:
+        free[free.index(min(free))] += duration
+    return max(free)
 
 
 def main() -> None:
@@ -76,7 +95,9 @@ def main() -> None:
     print(f"PBT overhead, preset {preset}, {args.cpus} CPUs")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     total = 1.0 - table.step_s.sum() / (table.slots * table.wall_s).sum()
-    print(f"\nmean overhead over generations 1..{len(table)}: {100 * total:.1f} %")
+    tune = 1.0 - table.ideal_s.sum() / table.wall_s.sum()
+    print(f"\nover generations 1..{len(table)}: overhead {100 * total:.1f} %, of which Tune's "
+          f"{100 * tune:.1f} % (the rest: barrier imbalance)")
 
 
 if __name__ == "__main__":

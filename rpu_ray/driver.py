@@ -138,7 +138,7 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
     import ray
     from ray import tune
 
-    from schedulers.generational_pbt import GenerationalPBT
+    from schedulers.generational_pbt import GenerationalPBT, PopulationSearch
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -169,7 +169,8 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(initial_population(experiment, run)),
-            tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True),
+            tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True,
+                                        search_alg=PopulationSearch(scheduler)),
             run_config=tune.RunConfig(
                 name=run, storage_path=str(storage), verbose=0,
                 checkpoint_config=tune.CheckpointConfig(

@@ -45,6 +45,7 @@ from ray.tune import Checkpoint
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.schedulers.pbt import _FutureTrainingResult, _TrainingResult
+from ray.tune.search import BasicVariantGenerator
 
 from rpu_ray.pbt import (
     HYPERPARAMETERS,
@@ -142,6 +143,7 @@ class GenerationalPBT(PopulationBasedTraining):
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
+        self._controller = tune_controller
         iteration = (trial.last_result or {}).get("training_iteration")
         if iteration:  # restored by Tuner.restore: continue the generation it was in
             if not self._history_loaded:
@@ -312,6 +314,40 @@ class GenerationalPBT(PopulationBasedTraining):
                             "donor_index": trial_to_clone.config["member"]})
         operations = {name: f"* {factor}" for name, factor in decision.factors.items()}
         return config, operations
+
+    def population_alive(self) -> bool:
+        """Whether any member may still train (before Tune has added any: yes)."""
+        # Not `get_live_trials()`: Tune leaves a trial that errored for good in that set.
+        return self._controller is None or not all(
+            trial.is_finished() for trial in self._controller.get_trials())
+
+
+class PopulationSearch(BasicVariantGenerator):
+    """Tune's grid search over the initial population, finished only when the population is.
+
+    Why: Ray 2.60 keeps the actor of a pausing trial for reuse only while the search algorithm
+    is unfinished or another trial is staged (`TuneController._maybe_cache_trial_actor`).
+    Tune's own generator finishes as soon as it has produced the population, so every member
+    that paused at the generation barrier while others were still training lost its worker
+    process and started a new one for the next generation (a quarter of the demo's wall time;
+    benchmarks/RESULTS.md, "PBT overhead"). Unfinished, the search keeps one idle actor
+    cached, which the next member to resume takes over.
+    """
+
+    def __init__(self, scheduler: GenerationalPBT, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._scheduler = scheduler
+
+    def is_finished(self) -> bool:
+        return super().is_finished() and not self._scheduler.population_alive()
+
+    def get_state(self) -> dict[str, Any] | bool:
+        # The scheduler holds Tune's controller and is saved by Tune itself; `set_state`
+        # updates `__dict__`, so the restored search keeps the scheduler it was built with.
+        state = super().get_state()
+        if state:
+            state.pop("_scheduler")
+        return state
 
 
 def _median(values: list[float]) -> float:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,7 @@ class MemberTrainable(tune.Trainable):
     # ------------------------------------------------------------------ Tune API
 
     def step(self) -> dict[str, Any]:
+        started_at = time.time()
         if self.iteration >= 1:  # a checkpoint to recover from exists
             inject_fault()
         stats = self.member.train(self.images, self.experiment.train.generation_images)
@@ -197,6 +199,9 @@ class MemberTrainable(tune.Trainable):
             "images_seen": stats["images_seen"],
             "steps": stats["steps"],
             "model_images_per_s": stats["model_images_per_s"],
+            # Wall-clock start (Tune's own timestamp has whole seconds): with time_this_iter_s
+            # it places the step on a timeline (benchmarks/pbt_overhead.py).
+            "step_started_at": started_at,
             "member": self.member_index,
             "lineage": "-".join(map(str, self.lineage)),
             # Where it ran (the dashboard and results.csv show how trials are placed).

@@ -1,0 +1,45 @@
+"""benchmarks/pbt_overhead.py: the idealised schedule it compares with, and its smoke run."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CLI_ENV
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "pbt_overhead.py"
+_SPEC = importlib.util.spec_from_file_location("pbt_overhead", _PATH)
+pbt_overhead = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(pbt_overhead)
+
+
+@pytest.mark.parametrize(("durations", "slots", "expected"), [
+    ([5.0, 5.0, 5.0, 5.0], 2, 10.0),     # two rounds of two
+    ([8.0, 2.0, 2.0, 2.0], 2, 8.0),      # the short ones share the second slot
+    ([2.0, 8.0, 8.0, 2.0], 2, 10.0),     # the third waits for the first; the fourth ends last
+    ([3.0, 1.0], 4, 3.0),                # more slots than jobs
+    ([4.0, 4.0, 4.0], 1, 12.0),          # one slot: the sum
+])
+def test_makespan_is_greedy_list_scheduling(durations: list[float], slots: int,
+                                            expected: float) -> None:
+    assert pbt_overhead.makespan(durations, slots) == pytest.approx(expected)
+
+
+def test_smoke_run_splits_the_overhead_consistently() -> None:
+    done = subprocess.run([sys.executable, str(_PATH), "--smoke"], env=CLI_ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    header, *rows = [line.split() for line in done.stdout.splitlines()
+                     if re.match(r"\s+(generation|\d+)\s", line)]
+    assert header[:2] == ["generation", "wall_s"] and len(rows) == 2
+    for row in rows:
+        values = dict(zip(header, map(float, row), strict=True))
+        assert 0 < values["step_s"] <= values["slots"] * values["ideal_s"] + 1e-6
+        assert values["ideal_s"] <= values["wall_s"]
+        # (1 - overhead) = (1 - imbalance) * (1 - tune), all three in [0, 1)
+        assert 1 - values["overhead"] == pytest.approx(
+            (1 - values["imbalance"]) * (1 - values["tune"]), abs=2e-3)
+        assert all(0 <= values[k] < 1 for k in ("overhead", "imbalance", "tune"))
