@@ -48,12 +48,11 @@ from rpu_ray.evaluation import (
 from rpu_ray.experiment import read_events, read_jsonl
 from rpu_ray.export import export_vae, load_vae
 from rpu_ray.labels import LabelLevel, LeafRunLabels
-from rpu_ray.pbt import initial_hyperparameters
+from rpu_ray.population import MODES, initial_population, seed_words
 from rpu_ray.reduction import active_latents, reduce
 
 log = logging.getLogger(__name__)
 
-MODES = ("udr", "mig", "dci", "leafmig")
 # Every result of every member, appended by the scheduler as it arrives (results.csv's source).
 RESULTS_LOG = "results.jsonl"
 
@@ -69,17 +68,6 @@ class PBTRunResult:
     best_generation: int
     generations: int
     num_errors: int
-
-
-def _seed_words(seed: int, run: str) -> list[int]:
-    return [seed, *run.encode()]
-
-
-def initial_population(experiment: ExperimentConfig, run: str) -> list[dict[str, float]]:
-    """The population's initial hyperparameters, drawn from the policy's grids with the seed."""
-    rng = np.random.default_rng(np.random.SeedSequence(_seed_words(experiment.seed, run)))
-    policy = experiment.pbt.policy
-    return [initial_hyperparameters(policy, rng) for _ in range(experiment.pbt.population)]
 
 
 def _progress_printer(run: str) -> Callable[[dict[str, Any]], None]:
@@ -163,7 +151,7 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
     else:
         dump_config(experiment, out_dir / "config.yaml")
         scheduler = GenerationalPBT(
-            experiment.pbt.policy, seed=tuple(_seed_words(experiment.seed, run)),
+            experiment.pbt.policy, seed=tuple(seed_words(experiment.seed, run)),
             events_path=out_dir / "events.jsonl", results_path=out_dir / RESULTS_LOG,
             on_generation=_progress_printer(run) if progress else None)
         tuner = tune.Tuner(

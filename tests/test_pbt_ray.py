@@ -22,10 +22,11 @@ ray = pytest.importorskip("ray")
 from rpu_ray import data  # noqa: E402
 from rpu_ray.checkpoint import load_checkpoint  # noqa: E402
 from rpu_ray.config import load_config  # noqa: E402
-from rpu_ray.driver import initial_population, run_pbt  # noqa: E402
+from rpu_ray.driver import run_pbt  # noqa: E402
 from rpu_ray.experiment import resume_pbt  # noqa: E402
 from rpu_ray.export import load_vae  # noqa: E402
 from rpu_ray.pbt import decisions_frame  # noqa: E402
+from rpu_ray.population import initial_population  # noqa: E402
 from trainables.member import FAULT_ENV  # noqa: E402
 
 # Tiny budgets; no end condition on low UDR (members this small rarely reach 0.1).

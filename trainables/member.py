@@ -30,16 +30,10 @@ from ray import tune
 
 from rpu_ray.checkpoint import load_checkpoint, save_checkpoint
 from rpu_ray.config import ExperimentConfig, ResourcesConfig, from_dict
-from rpu_ray.engine import Member
-from rpu_ray.evaluation import LabelChain, score_leaf_mig, score_supervised, score_udr
+from rpu_ray.evaluation import LabelChain
+from rpu_ray.population import build_member, member_hyperparameters, score_member
 
 CHECKPOINT_FILE = "member.pt"
-
-
-def member_seed(experiment_seed: int, run: str, member: int) -> int:
-    """Seed of a member's initial weights and data order, from the experiment seed only."""
-    words = [experiment_seed, member, *run.encode()]
-    return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
 FAULT_ENV = "RPU_RAY_INJECT_FAULT"
@@ -146,28 +140,10 @@ class MemberTrainable(tune.Trainable):
 
     def _build(self, config: dict[str, Any]) -> None:
         """A fresh member for this trial's config (also on actor reuse: nothing carries over)."""
-        experiment = self.experiment
         self.member_index = int(config["member"])
-        self.member = Member(
-            self._hyperparameters(config),
-            num_models=experiment.model.num_models,
-            image_shape=tuple(self.images.shape[1:]),
-            z_dim=experiment.model.z_dim,
-            arch=experiment.model.arch,
-            loss=experiment.model.loss,
-            seed=member_seed(experiment.seed, self.run_name, self.member_index),
-            device=self.device,
-            bf16=experiment.train.amp and self.device.type == "cuda",
-            channels_last=experiment.train.channels_last and self.device.type == "cuda",
-        )
+        self.member = build_member(self.experiment, config, self.member_index, self.run_name,
+                                   tuple(self.images.shape[1:]), self.device)
         self.lineage: list[int] = [self.member_index]
-
-    def _hyperparameters(self, config: dict[str, Any]) -> dict[str, float]:
-        """The member's hyperparameters from a trial config (the objective may ignore beta)."""
-        from rpu_ray.models import LOSSES
-
-        names = ("lr", "batch_size", *LOSSES[self.experiment.model.loss].hyperparameters)
-        return {name: config[name] for name in names}
 
     # ------------------------------------------------------------------ Tune API
 
@@ -176,22 +152,8 @@ class MemberTrainable(tune.Trainable):
         if self.iteration >= 1:  # a checkpoint to recover from exists
             inject_fault()
         stats = self.member.train(self.images, self.experiment.train.generation_images)
-        evaluation: dict[str, Any]
-        if stats["diverged"]:
-            nan = float("nan")
-            evaluation = {"score": nan, "model_scores": [nan] * self.member.num_models}
-        elif self.mode == "udr":
-            evaluation = score_udr(self.member, self.images, self.experiment.eval)
-        elif self.mode == "leafmig":
-            evaluation = score_leaf_mig(self.member, self.images, self.label_chains,
-                                        self.experiment.eval)
-        else:
-            evaluation = score_supervised(self.member, self.images, self.factors,
-                                          self.experiment.eval, metric=self.mode)
-        if not np.isfinite(evaluation["score"]):
-            # The worst possible score: ranked last, replaced at the next exploit, and never
-            # kept as a "best" checkpoint (NaN would not order).
-            evaluation["score"] = -np.inf
+        evaluation = score_member(self.member, stats, self.images, self.mode,
+                                  self.experiment.eval, self.factors, self.label_chains)
         return {
             **evaluation,
             "loss": float(np.mean(stats["loss"])),
@@ -226,7 +188,7 @@ class MemberTrainable(tune.Trainable):
         self.member.load_state_dict(state["member"])
         # The loaded state carries the donor's hyperparameters (and Adam's lr); this trial's
         # config holds the explored ones, which win (ray-notes pitfall 4).
-        self.member.set_hyperparameters(**self._hyperparameters(self.config))
+        self.member.set_hyperparameters(**member_hyperparameters(self.experiment, self.config))
         donor = int(state["member_index"])
         self.lineage = [*state["lineage"], self.member_index] if donor != self.member_index \
             else list(state["lineage"])

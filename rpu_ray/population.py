@@ -1,0 +1,222 @@
+"""Population members from a config, their scoring, and generational PBT in one process.
+
+The Ray Tune trainable (`trainables.member`) and the in-process executor here build and score
+members with the same functions, and both take every decision from the pure policy in
+`rpu_ray.pbt`; only the execution differs. `run_local_pbt` trains the members one after the
+other on one device, without Ray: for machines where Ray is not installed (the GPU benchmarks
+of `benchmarks/replicate.py`), and for small experiments in a notebook. It has none of Tune's
+checkpoints, fault tolerance or parallelism; use `rpu-ray pbt` for those.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from rpu_ray.config import EvalConfig, ExperimentConfig
+from rpu_ray.data import Dataset
+from rpu_ray.engine import Member
+from rpu_ray.evaluation import LabelChain, score_leaf_mig, score_supervised, score_udr
+from rpu_ray.models import LOSSES
+from rpu_ray.pbt import (
+    HYPERPARAMETERS,
+    Decision,
+    best_score,
+    exploit_and_explore,
+    generation_rng,
+    initial_hyperparameters,
+    rank,
+    stop_reason,
+    survivors_after_first_generation,
+)
+
+__all__ = ["LocalPBTResult", "build_member", "initial_population", "member_seed",
+           "run_local_pbt", "score_member", "seed_words"]
+
+MODES = ("udr", "mig", "dci", "leafmig")
+
+
+def seed_words(seed: int, run: str) -> list[int]:
+    """The entropy that identifies one PBT run (experiment seed, run name)."""
+    return [seed, *run.encode()]
+
+
+def member_seed(experiment_seed: int, run: str, member: int) -> int:
+    """Seed of a member's initial weights and data order, from the experiment seed only."""
+    words = [experiment_seed, member, *run.encode()]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+def initial_population(experiment: ExperimentConfig, run: str) -> list[dict[str, float]]:
+    """The population's initial hyperparameters, drawn from the policy's grids with the seed."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed_words(experiment.seed, run)))
+    policy = experiment.pbt.policy
+    return [initial_hyperparameters(policy, rng) for _ in range(experiment.pbt.population)]
+
+
+def member_hyperparameters(experiment: ExperimentConfig, config: dict[str, Any]
+                           ) -> dict[str, float]:
+    """The hyperparameters a member takes from a config (its objective may ignore beta)."""
+    names = ("lr", "batch_size", *LOSSES[experiment.model.loss].hyperparameters)
+    return {name: config[name] for name in names}
+
+
+def build_member(experiment: ExperimentConfig, config: dict[str, Any], member: int, run: str,
+                 image_shape: tuple[int, ...], device: torch.device) -> Member:
+    """A fresh member: `config` holds its hyperparameters; weights seeded by (seed, run, id)."""
+    return Member(
+        member_hyperparameters(experiment, config),
+        num_models=experiment.model.num_models,
+        image_shape=image_shape,
+        z_dim=experiment.model.z_dim,
+        arch=experiment.model.arch,
+        loss=experiment.model.loss,
+        seed=member_seed(experiment.seed, run, member),
+        device=device,
+        bf16=experiment.train.amp and device.type == "cuda",
+        channels_last=experiment.train.channels_last and device.type == "cuda",
+    )
+
+
+def score_member(member: Member, stats: dict[str, Any], images: torch.Tensor, mode: str,
+                 config: EvalConfig, factors: np.ndarray | None = None,
+                 label_chains: list[LabelChain] | None = None) -> dict[str, Any]:
+    """The PBT score of a member after a generation (`stats`: what `Member.train` returned).
+
+    A diverged member, or one whose score is not finite, gets -inf: ranked last, replaced at the
+    next exploit, and never kept as a "best" checkpoint (NaN would not order).
+    """
+    if stats["diverged"]:
+        nan = float("nan")
+        evaluation: dict[str, Any] = {"score": nan, "model_scores": [nan] * member.num_models}
+    elif mode == "udr":
+        evaluation = score_udr(member, images, config)
+    elif mode == "leafmig":
+        evaluation = score_leaf_mig(member, images, label_chains, config)
+    else:
+        evaluation = score_supervised(member, images, factors, config, metric=mode)
+    if not np.isfinite(evaluation["score"]):
+        evaluation["score"] = -np.inf
+    return evaluation
+
+
+@dataclass
+class LocalPBTResult:
+    """What `run_local_pbt` returns.
+
+    Attributes:
+      generations: one dict per generation (generation, best_score, median_score, population,
+        best_member, best_hparams, stop_reason, seconds), as the Ray scheduler's events.
+      decisions: every exploit/explore decision, in order.
+      best_member: the member with the best score of the last generation, as it was then.
+      best_score: its score.
+      best_model_scores: its per-model scores (for choosing its best VAE).
+      stop_reason: why the run stopped ("below_min_score", "converged", "max_generations").
+      model_images: images trained on, summed over all VAEs of all members.
+      seconds: wall time of the run.
+    """
+
+    generations: list[dict[str, Any]]
+    decisions: list[Decision]
+    best_member: Member
+    best_score: float
+    best_model_scores: list[float]
+    stop_reason: str
+    model_images: int
+    seconds: float
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_local_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, run: str = "local",
+                  device: str | torch.device | None = None,
+                  label_chains: list[LabelChain] | None = None,
+                  on_generation: Callable[[dict[str, Any]], None] | None = None
+                  ) -> LocalPBTResult:
+    """Generational PBT of `experiment.pbt` on `dataset`, in this process.
+
+    The same rules as `rpu-ray pbt` (`schedulers.generational_pbt`): members trained for
+    `train.generation_images` per generation, scored by `mode`, then the generation's stop rules,
+    the big-initial-population cut after generation 0, and exploit/explore. Decisions and
+    initial hyperparameters are drawn from the same seeds as the Ray executor's, so both start
+    from the same population; their members differ only in data order (Tune's clones reseed
+    from the same `clone_seed`, but train in parallel).
+
+    Args:
+      mode: "udr", "mig", "dci" (labels: `dataset.factors`) or "leafmig" (`label_chains`).
+      device: where members train; default: CUDA if available, else the CPU.
+      on_generation: called with each generation's summary (progress output).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode in ("mig", "dci") and not dataset.has_factors:
+        raise ValueError(f"mode {mode!r} scores members on labels, but {dataset.source} has none")
+    if mode == "leafmig" and not label_chains:
+        raise ValueError("mode 'leafmig' needs the surrogate-label chains of the leaf-runs")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    started = time.time()
+    images = torch.from_numpy(np.ascontiguousarray(dataset.all_images())).to(device)
+    factors = dataset.all_factors() if dataset.has_factors else None
+    policy, seed = experiment.pbt.policy, tuple(seed_words(experiment.seed, run))
+    configs = {str(i): dict(h) for i, h in enumerate(initial_population(experiment, run))}
+    members = {i: build_member(experiment, c, int(i), run, tuple(images.shape[1:]), device)
+               for i, c in configs.items()}
+    generations: list[dict[str, Any]] = []
+    decisions: list[Decision] = []
+    results: list[dict[str, Any]] = []
+    best_scores: list[float] = []
+    model_images = 0
+    for generation in itertools.count():
+        tick = time.time()
+        scores, evaluations = {}, {}
+        for i, member in members.items():
+            stats = member.train(images, experiment.train.generation_images)
+            model_images += stats["images_seen"] * member.num_models
+            evaluations[i] = score_member(member, stats, images, mode, experiment.eval,
+                                          factors, label_chains)
+            scores[i] = evaluations[i]["score"]
+            results.append({"generation": generation, "member": int(i),
+                            "score": scores[i], "diverged": stats["diverged"],
+                            **member.hyperparameters})
+        if generation == 0 and policy.big_init_population_factor > 1:
+            keep = survivors_after_first_generation(scores, policy)
+            members = {i: members[i] for i in keep}
+            scores = {i: scores[i] for i in keep}
+        best_scores.append(best_score(scores))
+        reason = stop_reason(best_scores, policy)
+        ranking = rank(scores)
+        best = ranking[0]
+        summary = {
+            "generation": generation, "best_score": best_scores[-1],
+            "median_score": statistics.median(scores.values()), "population": len(scores),
+            "best_member": int(best),
+            "best_hparams": {k: configs[best][k] for k in HYPERPARAMETERS if k in configs[best]},
+            "stop_reason": reason, "seconds": time.time() - tick,
+        }
+        generations.append(summary)
+        if on_generation is not None:
+            on_generation(summary)
+        if reason is not None:
+            return LocalPBTResult(generations, decisions, members[best], float(scores[best]),
+                                  list(evaluations[best]["model_scores"]), reason,
+                                  model_images, time.time() - started, results)
+        hparams = {i: {k: configs[i][k] for k in HYPERPARAMETERS if k in configs[i]}
+                   for i in scores}
+        chosen = exploit_and_explore(scores, hparams, policy, generation_rng(seed, generation),
+                                     generation=generation, seed=seed)
+        donors = {d.donor: copy.deepcopy(members[d.donor].state_dict()) for d in chosen}
+        for decision in chosen:
+            clone = members[decision.member]
+            clone.load_state_dict(donors[decision.donor])
+            configs[decision.member] = {**configs[decision.donor], **decision.new_hparams}
+            clone.set_hyperparameters(**member_hyperparameters(experiment,
+                                                               configs[decision.member]))
+            clone.generator.manual_seed(decision.seed)
+        decisions.extend(chosen)

@@ -1,0 +1,84 @@
+"""Generational PBT in one process (rpu_ray.population.run_local_pbt): no Ray involved."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rpu_ray import data
+from rpu_ray.config import load_config
+from rpu_ray.pbt import quantile_size
+from rpu_ray.population import initial_population, run_local_pbt
+
+SMALL = ["train.generation_images=200", "pbt.policy.max_generations=3", "eval.udr_points=100",
+         "pbt.policy.min_score="]
+
+
+def _config(overrides: list[str]):
+    return load_config(preset_name="smoke", overrides=[*SMALL, *overrides])
+
+
+def _dataset(config):
+    return data.load("dsprites", image_size=32, subsample=config.data.subsample)
+
+
+def test_diverged_members_are_replaced_by_perturbed_clones() -> None:
+    # lr 1e6 makes a member diverge (NaN loss) in its first generation.
+    overrides = ["pbt.policy.lr_max=1e6", "pbt.policy.lr_grid=[1e-3, 1e6]"]
+    seed = next(s for s in range(50) if 1 <= [m["lr"] for m in initial_population(
+        _config([*overrides, f"seed={s}"]), "local")].count(1e6) <= 2)
+    config = _config([*overrides, f"seed={seed}"])
+    result = run_local_pbt(config, _dataset(config), "udr", device="cpu")
+
+    assert result.stop_reason == "max_generations" and len(result.generations) == 3
+    results = pd.DataFrame(result.results)
+    first = results[results.generation == 0].sort_values("member")
+    # The same initial population as the Ray executor draws for a run of that name.
+    assert first.lr.tolist() == [m["lr"] for m in initial_population(config, "local")]
+    diverged = set(first.member[first.diverged])
+    assert diverged and (first.score[first.diverged] == -math.inf).all()
+    # Each generation but the last replaces the bottom ceil(0.2 n) (here 1); at generation 0
+    # those are diverged members, cloned from a finite one with explored hyperparameters.
+    assert [d.generation for d in result.decisions] == [0, 1]
+    assert len(result.decisions) == 2 * quantile_size(4, config.pbt.policy)
+    clone = result.decisions[0]
+    assert int(clone.member) in diverged and int(clone.donor) not in diverged
+    assert clone.member_score is None and math.isfinite(clone.donor_score)
+    later = results[(results.generation == 1) & (results.member == int(clone.member))].iloc[0]
+    assert later.lr == pytest.approx(clone.new_hparams["lr"]) and later.lr < 1e6
+    assert later.lr == pytest.approx(clone.donor_hparams["lr"] * clone.factors["lr"])
+    assert np.isfinite(later.score) and not later.diverged
+    # The best member is the best of the last generation, and a usable model.
+    last = results[results.generation == 2]
+    assert result.best_score == pytest.approx(last.score.max())
+    assert result.best_score == pytest.approx(np.mean(result.best_model_scores))
+    assert result.model_images == len(results) * 200 * config.model.num_models
+
+
+def test_big_initial_population_keeps_the_best_half_and_runs_are_reproducible() -> None:
+    config = _config(["model.num_models=1", "eval.labels=200", "eval.mig_points=300",
+                      "pbt.policy.max_generations=2",
+                      "pbt.policy.big_init_population_factor=2"])
+    dataset = _dataset(config)
+    result = run_local_pbt(config, dataset, "mig", device="cpu")
+    results = pd.DataFrame(result.results)
+    first = results[results.generation == 0].sort_values("score", ascending=False)
+    assert [g["population"] for g in result.generations] == [2, 2]
+    kept = set(first.member[:2])
+    assert set(results[results.generation == 1].member) == kept
+    assert result.generations[0]["best_score"] == pytest.approx(first.score.iloc[0])
+    assert 0.0 <= result.best_score <= 1.0
+
+    again = run_local_pbt(config, dataset, "mig", device="cpu")
+    assert pd.DataFrame(again.results).score.tolist() == results.score.tolist()
+
+
+def test_local_pbt_rejects_a_mode_it_cannot_score() -> None:
+    config = _config([])
+    unlabelled = data.Dataset(images=_dataset(config).images, source="pixels.npz")
+    with pytest.raises(ValueError, match=r"pixels\.npz has none"):
+        run_local_pbt(config, unlabelled, "mig", device="cpu")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        run_local_pbt(config, unlabelled, "elbo", device="cpu")
