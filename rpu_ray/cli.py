@@ -96,6 +96,29 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="KEY=VALUE", help="override a setting, e.g. pbt.population=8")
     pbt.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
     pbt.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR")
+    from rpu_ray.baseline import GRIDS
+
+    baseline = commands.add_parser(
+        "baseline", help="fixed-hyperparameter baselines (Locatello et al.) and model selection")
+    baseline.add_argument("--model", required=True, choices=list(GRIDS))
+    baseline.add_argument("--hparam", type=float, action="append", metavar="VALUE",
+                          help="value of the swept hyperparameter (repeatable; default: the "
+                               "study's grid, see rpu_ray.baseline.GRIDS)")
+    baseline.add_argument("--seeds", type=int, default=5, help="VAEs per value (default 5)")
+    _add_data_options(baseline, positional=False)
+    baseline.add_argument("--images", type=int, default=300_000 * 64,
+                          help="training images per VAE (default: the study's 300,000 steps "
+                               "of 64)")
+    baseline.add_argument("--lr", type=float, default=1e-4)
+    baseline.add_argument("--batch-size", type=int, default=64)
+    baseline.add_argument("--arch", choices=("authors", "dlib"), default="authors")
+    baseline.add_argument("--select-labels", type=int, default=1000, metavar="N",
+                          help="model selection by MIG on N labels (0: none)")
+    baseline.add_argument("--eval-points", default="10000,10000,5000",
+                          help="MIG points, DCI/SAP train and test points")
+    baseline.add_argument("--dci-mode", choices=("exact", "fast"), default="exact")
+    baseline.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    baseline.add_argument("--out", default="baselines", help="output directory")
     return parser
 
 
@@ -181,6 +204,37 @@ def _traverse(args: argparse.Namespace) -> None:
     print(f"wrote {save_traversals(args.model, _load(args), args.out, seed=args.seed)}")
 
 
+def _baseline(args: argparse.Namespace) -> None:
+    import torch
+
+    from rpu_ray.baseline import run_baselines
+
+    try:
+        points = tuple(int(p) for p in args.eval_points.split(","))
+    except ValueError:
+        points = ()
+    if len(points) != 3 or min(points) < 2:
+        raise ConfigError(f"--eval-points: expected three counts >= 2, got {args.eval_points!r}")
+    if args.seeds < 2 or args.images < 1 or (args.select_labels and args.select_labels < 2):
+        raise ConfigError("--seeds must be >= 2, --images >= 1, --select-labels 0 or >= 2")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        table = run_baselines(
+            _load(args), args.model, args.hparam, args.seeds, args.images, args.out,
+            select_labels=args.select_labels or None, lr=args.lr, batch_size=args.batch_size,
+            arch=args.arch, seed=args.seed, device=device, eval_points=points,
+            dci_mode=args.dci_mode)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    columns = ["value", "seed", "mig", "dci_disentanglement", "sap", "udr",
+               *(["label_mig"] if "label_mig" in table else [])]
+    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {args.out}/baselines.csv" + (" and selection.json" if args.select_labels
+                                                else ""))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from rpu_ray import experiment
 
@@ -198,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {("data", "preview"): _data_preview, ("data", "info"): _data_info,
                 ("pbt", None): _pbt, ("run", None): _run, ("resume", None): _resume,
                 ("status", None): _status, ("demo", None): _demo,
-                ("evaluate", None): _evaluate, ("traverse", None): _traverse}
+                ("evaluate", None): _evaluate, ("traverse", None): _traverse,
+                ("baseline", None): _baseline}
     try:
         handlers[(args.command, getattr(args, "data_command", None))](args)
     except (DataError, ConfigError, ExperimentDirError, CheckpointError) as err:

@@ -62,6 +62,9 @@ class ModelConfig:
     num_models: int = 5
     z_dim: int = 10
     loss: str = "betatcvae"
+    # The objective's hyperparameters that are fixed for the run (PBT tunes beta), e.g.
+    # {"gamma": 20} for factorvae; unset ones take the objective's defaults (`VAELoss.defaults`).
+    loss_hyperparameters: dict[str, float] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
         out = []
@@ -73,6 +76,11 @@ class ModelConfig:
 
         if self.loss not in LOSSES:
             out.append(f"loss: must be one of {', '.join(sorted(LOSSES))}, got {self.loss!r}")
+        else:
+            try:
+                LOSSES[self.loss].fixed_hyperparameters(self.loss_hyperparameters)
+            except ValueError as err:
+                out.append(f"loss_hyperparameters: loss {self.loss!r}: {err}")
         return out
 
 
@@ -262,6 +270,12 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}, "
                               f"got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(annotation)
+        return {_convert(k, key_type, key): _convert(v, value_type, f"{key}.{k}")
+                for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")

@@ -2,8 +2,10 @@
 
 A `Member` owns everything one population member needs between generations: the fused
 `VAEEnsemble`, one Adam over all its parameters (Adam is elementwise, so this equals M separate
-Adams), the objective, its hyperparameters (lr, batch size and the objective's own, e.g. beta) and
-a `torch.Generator` on the device that draws the data order and the reparameterisation noise.
+Adams), the objective with any state of its own (AnnealedVAE's step counter, FactorVAE's
+discriminator and its optimiser), its hyperparameters (lr, batch size and the objective's own,
+e.g. beta) and a `torch.Generator` on the device that draws the data order, the
+reparameterisation noise and the objective's random numbers (FactorVAE's shuffling).
 
 Data never leaves the device: `train` takes the current (sub)set as a uint8 tensor already on the
 member's device and converts one batch at a time to float (DESIGN.md principle 2).
@@ -41,14 +43,15 @@ class Member:
     """M fused VAEs trained together with shared hyperparameters.
 
     Args:
-      hyperparameters: "lr", "batch_size" and the objective's hyperparameters (e.g. "beta").
+      hyperparameters: "lr", "batch_size" and all of the objective's hyperparameters (e.g.
+        "beta"; fixed ones too: `VAELoss.fixed_hyperparameters` resolves their defaults).
       num_models: M, the VAEs of the member.
       image_shape: (C, H, W) of the training images.
       z_dim: latent dimensions per VAE.
       arch: "authors" or "dlib" (see `rpu_ray.models.vae`).
-      loss: a registered objective ("betatcvae", "betavae", "vae").
-      seed: determines the initial weights and the member's generator (it is not part of the
-        state: a loaded state brings its generator along).
+      loss: a registered objective (a key of `rpu_ray.models.LOSSES`, e.g. "betatcvae").
+      seed: determines the initial weights (the objective's too) and the member's generator (it
+        is not part of the state: a loaded state brings its generator along).
       device: where the model, the optimiser state and the training images live.
       bf16: bfloat16 autocast for the model's forward (the objective is always float32).
       channels_last: channels-last memory format for the model and the batches (for CUDA).
@@ -73,19 +76,21 @@ class Member:
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.loss_fn = make_loss(loss).to(self.device)
-        self._hparam_names = ("lr", "batch_size", *self.loss_fn.hyperparameters)
-        missing = set(self._hparam_names) - set(hyperparameters)
-        if missing:
-            raise ValueError(f"missing hyperparameters {sorted(missing)} for loss {loss!r}")
         init_seed, data_seed = (
             int(child.generate_state(1)[0]) for child in np.random.SeedSequence(seed).spawn(2)
         )
         # Initialise on the CPU under a private RNG: the same weights on every device, and the
-        # global RNG of the caller is left alone.
+        # global RNG of the caller is left alone. The objective comes second, so that weights of
+        # its own (FactorVAE's discriminator) leave the VAEs' initial weights unchanged.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             model = VAEEnsemble(num_models, image_shape, z_dim, arch)
+            loss_fn = make_loss(loss, num_models, z_dim)
+        self._hparam_names = ("lr", "batch_size", *loss_fn.hyperparameters)
+        missing = set(self._hparam_names) - set(hyperparameters)
+        if missing:
+            raise ValueError(f"missing hyperparameters {sorted(missing)} for loss {loss!r}")
+        self.loss_fn = loss_fn.to(self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         # The fused (single-kernel) Adam implementation on CUDA: the same update, fewer launches.
@@ -96,6 +101,7 @@ class Member:
         )
         self.generator = torch.Generator(self.device)
         self.generator.manual_seed(data_seed)
+        self.loss_fn.generator = self.generator
         self.bf16 = bf16
         self.nan_check_every = nan_check_every
         self.config: dict[str, Any] = {

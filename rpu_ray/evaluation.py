@@ -244,21 +244,22 @@ def label_ground_truth(codes: np.ndarray, active: np.ndarray, factors: np.ndarra
 
 def evaluate_model(model: VAEEnsemble, images: np.ndarray, factors: np.ndarray,
                    seed: int = 0, mig_points: int = 10_000, dci_train: int = 10_000,
-                   dci_test: int = 5_000, num_bins: int = 20, dci_mode: str = "exact"
-                   ) -> dict[str, Any]:
+                   dci_test: int = 5_000, num_bins: int = 20, dci_mode: str = "exact",
+                   model_index: int = 0) -> dict[str, Any]:
     """The paper's evaluation protocol on a labelled data set (disentanglement_lib's).
 
     Points are drawn uniformly with replacement (on a full factor grid this is sampling the
     factors uniformly, as the library does) from RandomState(seed): MIG on `mig_points` with
     `num_bins` bins, then DCI and SAP on `dci_train` / `dci_test` points from the continuing
-    generator. Constant factors are left out. Uses the encoder means of the model's first VAE.
+    generator. Constant factors are left out. Uses the encoder means of the model's VAE
+    `model_index` (the first by default).
     """
     rng = np.random.RandomState(seed)
     columns = _informative(factors)
 
     def draw(count: int) -> tuple[np.ndarray, np.ndarray]:
         positions = rng.randint(len(images), size=count)
-        codes = encode_images(model, images[positions])[0][0]
+        codes = encode_images(model, images[positions])[0][model_index]
         return codes, factors[positions][:, columns]
 
     codes, labels = draw(mig_points)

@@ -64,9 +64,13 @@ def initial_population(experiment: ExperimentConfig, run: str) -> list[dict[str,
 
 def member_hyperparameters(experiment: ExperimentConfig, config: dict[str, Any]
                            ) -> dict[str, float]:
-    """The hyperparameters a member takes from a config (its objective may ignore beta)."""
-    names = ("lr", "batch_size", *LOSSES[experiment.model.loss].hyperparameters)
-    return {name: config[name] for name in names}
+    """A member's hyperparameters: lr, batch size and the objective's tuned ones (beta) from its
+    PBT `config` (its objective may ignore beta), the objective's fixed ones from the experiment
+    (`model.loss_hyperparameters` over the objective's defaults)."""
+    loss = LOSSES[experiment.model.loss]
+    fixed = loss.fixed_hyperparameters(experiment.model.loss_hyperparameters)
+    tuned = [name for name in loss.hyperparameters if name not in fixed]
+    return {**{name: config[name] for name in ("lr", "batch_size", *tuned)}, **fixed}
 
 
 def build_member(experiment: ExperimentConfig, config: dict[str, Any], member: int, run: str,

@@ -1,0 +1,196 @@
+"""Fixed-hyperparameter baselines, as in Locatello et al. (2019)'s unsupervised study, and the
+paper's "model selection" baseline.
+
+A baseline run trains `seeds` VAEs of one objective with one hyperparameter value, as one fused
+member of the engine (one VAE per seed: independent initial weights; they share the minibatch
+order, as the VAEs of a PBT member do), for a fixed image budget, then evaluates every VAE with
+the paper's protocol (`rpu_ray.evaluation.evaluate_model`: MIG, DCI, SAP) and the seeds against
+each other with UDR. Locatello et al. train each setting 300,000 steps at batch 64 with Adam at
+lr 1e-4; those are the defaults of `train_baseline`, the budget is the caller's.
+
+Model selection (the paper's Fig. 1b baseline): of a set of trained VAEs, the one with the best
+MIG on `labels` labelled images (a fixed random subset, drawn once for all candidates) is
+selected; its full evaluation is what the baseline reports.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rpu_ray.config import EvalConfig
+from rpu_ray.data import Dataset
+from rpu_ray.engine import Member
+from rpu_ray.evaluation import encode_images, evaluate_model, evaluation_positions, score_udr
+from rpu_ray.metrics import mig
+
+__all__ = ["GRIDS", "BaselineGrid", "run_baselines", "select_by_labels", "train_baseline"]
+
+
+@dataclass(frozen=True)
+class BaselineGrid:
+    """One objective's hyperparameter sweep in Locatello et al.'s study.
+
+    Attributes:
+      loss: the registered objective (`rpu_ray.models.LOSSES`).
+      name: the swept hyperparameter.
+      values: the study's values.
+      tied: other hyperparameters as functions of the swept value (DIP-VAE's lambda_d) or
+        constants (AnnealedVAE's gamma).
+    """
+
+    loss: str
+    name: str
+    values: tuple[float, ...]
+    tied: tuple[tuple[str, Callable[[float], float]], ...] = ()
+
+    def hyperparameters(self, value: float) -> dict[str, float]:
+        """The objective's hyperparameters for one value of the sweep."""
+        return {self.name: float(value), **{k: float(f(value)) for k, f in self.tied}}
+
+
+GRIDS: dict[str, BaselineGrid] = {
+    "betavae": BaselineGrid("betavae", "beta", (1, 2, 4, 6, 8, 16)),
+    "betatcvae": BaselineGrid("betatcvae", "beta", (1, 2, 4, 6, 8, 10)),
+    "annealedvae": BaselineGrid("annealedvae", "c_max", (5, 10, 25, 50, 75, 100),
+                                (("gamma", lambda _: 1000.0),)),
+    "factorvae": BaselineGrid("factorvae", "gamma", (10, 20, 30, 40, 50, 100)),
+    "dipvae1": BaselineGrid("dipvae1", "lambda_od", (1, 2, 5, 10, 20, 50),
+                            (("lambda_d", lambda od: 10.0 * od),)),
+    "dipvae2": BaselineGrid("dipvae2", "lambda_od", (1, 2, 5, 10, 20, 50),
+                            (("lambda_d", lambda od: od),)),
+}
+
+
+def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, images: int,
+                   *, lr: float = 1e-4, batch_size: int = 64, arch: str = "authors",
+                   z_dim: int = 10, seed: int = 0, device: str | torch.device = "cpu",
+                   eval_points: tuple[int, int, int] = (10_000, 10_000, 5_000),
+                   dci_mode: str = "exact", udr_points: int = 1000,
+                   progress: Callable[[str], None] | None = None
+                   ) -> tuple[Member, list[dict[str, Any]]]:
+    """Trains and evaluates one baseline setting; returns the member and one row per seed.
+
+    Args:
+      dataset: labelled images (the evaluation needs factors).
+      model: a key of `GRIDS`; value: the swept hyperparameter's value (any, not only the
+        study's).
+      seeds: VAEs trained side by side (at least 2 for UDR).
+      images: training images per VAE.
+      eval_points: MIG points, DCI/SAP train and test points (`evaluate_model`).
+      progress: called with a line after every tenth of the budget.
+
+    Each row: model, hparam, value, seed, mig, dci_disentanglement, dci_completeness,
+    dci_informativeness_test, sap, udr, model_images, wall_s, diverged.
+    """
+    if model not in GRIDS:
+        raise ValueError(f"unknown baseline model {model!r}; known: {', '.join(GRIDS)}")
+    if seeds < 2:
+        raise ValueError(f"seeds must be >= 2 (UDR compares the seeds), got {seeds}")
+    if not dataset.has_factors:
+        raise ValueError(f"{dataset.source} has no ground-truth factors to evaluate on")
+    grid = GRIDS[model]
+    started = time.time()
+    all_images = dataset.all_images()
+    factors = dataset.all_factors()
+    member = Member({"lr": lr, "batch_size": batch_size, **grid.hyperparameters(value)},
+                    num_models=seeds, image_shape=all_images.shape[1:], z_dim=z_dim, arch=arch,
+                    loss=grid.loss, seed=seed, device=device)
+    tensor = torch.from_numpy(np.ascontiguousarray(all_images)).to(device)
+    diverged, done = False, 0
+    for chunk in np.diff(np.linspace(0, images, 11).astype(int)):
+        stats = member.train(tensor, int(chunk))
+        done += int(chunk)
+        diverged = diverged or bool(stats["diverged"])
+        if progress is not None:
+            progress(f"{model} {grid.name}={value:g}: {done}/{images} images, loss "
+                     f"{np.mean(stats['loss']):.1f}" + (" (diverged)" if diverged else ""))
+        if diverged:
+            break
+    udr_scores = (np.full(seeds, np.nan) if diverged else np.asarray(score_udr(
+        member, tensor, EvalConfig(udr_points=udr_points, score_seed=seed))["model_scores"]))
+    mig_points, dci_train, dci_test = eval_points
+    rows = []
+    for index in range(seeds):
+        metrics = ({} if diverged else evaluate_model(
+            member.model, all_images, factors, seed=seed, mig_points=mig_points,
+            dci_train=dci_train, dci_test=dci_test, dci_mode=dci_mode, model_index=index))
+        dci_scores = metrics.get("dci", {})
+        rows.append({
+            "model": model, "hparam": grid.name, "value": float(value), "seed": index,
+            "mig": metrics.get("mig", np.nan),
+            "dci_disentanglement": dci_scores.get("disentanglement", np.nan),
+            "dci_completeness": dci_scores.get("completeness", np.nan),
+            "dci_informativeness_test": dci_scores.get("informativeness_test", np.nan),
+            "sap": metrics.get("sap", np.nan), "udr": float(udr_scores[index]),
+            "model_images": done, "wall_s": time.time() - started, "diverged": diverged,
+        })
+    return member, rows
+
+
+def select_by_labels(members: list[Member], dataset: Dataset, labels: int = 1000, seed: int = 0,
+                     num_bins: int = 20) -> tuple[int, int, list[float]]:
+    """The paper's model-selection baseline: MIG of every VAE of `members` on the same `labels`
+    labelled images (the first `labels` of RandomState(seed).permutation(N)).
+
+    Returns (member position, VAE index within it, every VAE's MIG in member order).
+    """
+    positions = evaluation_positions(len(dataset), labels, seed)
+    images = dataset.all_images()[positions]
+    factors = dataset.all_factors()[positions]
+    informative = [c for c in range(factors.shape[1]) if len(np.unique(factors[:, c])) > 1]
+    scores, owners = [], []
+    for m, member in enumerate(members):
+        codes = encode_images(member.model, images)[0]
+        for index, model_codes in enumerate(codes):
+            finite = np.isfinite(model_codes).all()
+            scores.append(mig(model_codes, factors[:, informative], num_bins) if finite
+                          else -np.inf)
+            owners.append((m, index))
+    best = int(np.argmax(scores))
+    return (*owners[best], [float(s) for s in scores])
+
+
+def run_baselines(dataset: Dataset, model: str, values: list[float] | None, seeds: int,
+                  images: int, out_dir: str | Path, select_labels: int | None = 1000,
+                  progress: Callable[[str], None] | None = print, **train_options: Any
+                  ) -> pd.DataFrame:
+    """`train_baseline` for every value (default: the study's grid) and model selection.
+
+    Writes `baselines.csv` (one row per VAE) and, with `select_labels`, `selection.json` (the
+    VAE with the best MIG on that many labels, its label MIG and its full evaluation row) to
+    `out_dir`. Returns the table, with a `label_mig` column when selecting.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    members, rows = [], []
+    for value in values if values is not None else GRIDS[model].values:
+        member, member_rows = train_baseline(dataset, model, value, seeds, images,
+                                             progress=progress, **train_options)
+        members.append(member)
+        rows.extend(member_rows)
+    table = pd.DataFrame(rows)
+    if select_labels is not None:
+        position, index, label_migs = select_by_labels(members, dataset, select_labels,
+                                                       seed=train_options.get("seed", 0))
+        table["label_mig"] = label_migs
+        chosen = position * seeds + index
+        selection = {"labels": select_labels, "row": int(chosen),
+                     **{k: _plain(v) for k, v in table.iloc[chosen].items()}}
+        (out / "selection.json").write_text(json.dumps(selection, indent=1) + "\n")
+    table.to_csv(out / "baselines.csv", index=False)
+    return table
+
+
+def _plain(value: Any) -> Any:
+    """A pandas/numpy scalar as a JSON value (NaN as null)."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and not np.isfinite(value) else value
