@@ -6,7 +6,10 @@ member of the engine (one VAE per seed: independent initial weights; they share 
 order, as the VAEs of a PBT member do), for a fixed image budget, then evaluates every VAE with
 the paper's protocol (`rpu_ray.evaluation.evaluate_model`: MIG, DCI, SAP) and the seeds against
 each other with UDR. Locatello et al. train each setting 300,000 steps at batch 64 with Adam at
-lr 1e-4; those are the defaults of `train_baseline`, the budget is the caller's.
+lr 1e-4; those are the defaults of `train_baseline`, the budget is the caller's. Objective
+constants not swept take the objective's defaults (`VAELoss.defaults`), except AnnealedVAE's
+iteration_threshold, which scales with the budget: the capacity reaches c_max after a third of
+the steps, as in the study.
 
 Model selection (the paper's Fig. 1b baseline): of a set of trained VAEs, the one with the best
 MIG on `labels` labelled images (a fixed random subset, drawn once for all candidates) is
@@ -31,6 +34,7 @@ from rpu_ray.data import Dataset
 from rpu_ray.engine import Member
 from rpu_ray.evaluation import encode_images, evaluate_model, evaluation_positions, score_udr
 from rpu_ray.metrics import mig
+from rpu_ray.models import LOSSES
 
 __all__ = ["GRIDS", "BaselineGrid", "run_baselines", "select_by_labels", "train_baseline"]
 
@@ -101,7 +105,12 @@ def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, image
     started = time.time()
     all_images = dataset.all_images()
     factors = dataset.all_factors()
-    member = Member({"lr": lr, "batch_size": batch_size, **grid.hyperparameters(value)},
+    hyperparameters = {**LOSSES[grid.loss].defaults, **grid.hyperparameters(value)}
+    if "iteration_threshold" in hyperparameters:
+        # AnnealedVAE's capacity reaches c_max after a third of the training, as in the study
+        # (100,000 of 300,000 steps), whatever the budget.
+        hyperparameters["iteration_threshold"] = max(1, images // batch_size // 3)
+    member = Member({"lr": lr, "batch_size": batch_size, **hyperparameters},
                     num_models=seeds, image_shape=all_images.shape[1:], z_dim=z_dim, arch=arch,
                     loss=grid.loss, seed=seed, device=device)
     tensor = torch.from_numpy(np.ascontiguousarray(all_images)).to(device)

@@ -68,8 +68,15 @@ def squares_npz(tmp_path):
 
 # `rpu-ray run` arguments for the smoke preset on `squares_npz` (a file: no dSprites strides;
 # no end condition on the low UDR of models trained for seconds).
+# The smoke preset on `clustered_squares`, made to recurse twice. At the root (384 points) the
+# peak distance (N - 1) // 10 = 38 exceeds a cluster's 24 points, so find_peaks keeps only some
+# of the gaps between positions and the chosen interval holds two or more positions; on that
+# subset (48-120 points, distance <= 11) every gap between positions is a peak, so the second
+# metaEpoch's reduction keeps one position. Leaf metaEpochs train three times the smoke
+# preset's images, enough to separate up to five positions.
 SMOKE_ON_SQUARES = ["--preset", "smoke", "--set", "data.subsample=",
-                    "--set", "pbt.policy.min_score="]
+                    "--set", "pbt.policy.min_score=", "--set", "rpu.reduction.distance_divisor=10",
+                    "--set", "rpu.leaf_generation_images=1500"]
 CLI_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 CLI = [sys.executable, "-m", "rpu_ray.cli", "-q"]
 

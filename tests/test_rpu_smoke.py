@@ -27,7 +27,8 @@ def test_smoke_run_recurses_on_whole_clusters(squares_npz: Path, tmp_path: Path)
 
     state = json.loads((out / "state.json").read_text())
     assert state["phase"] == "done" and state["final"]["status"] == "done"
-    assert {"x", "leaf1-1", "leaf2-1"} <= set(state["metaepochs"])
+    # Each leaf-run recursed: two metaEpochs on ever smaller subsets.
+    assert {"x", "leaf1-1", "leaf1-2", "leaf2-1", "leaf2-2"} <= set(state["metaepochs"])
     assert all(record["status"] == "done" for record in state["metaepochs"].values())
     _, factors = clustered_squares()
     position = factors[:, 0] * 4 + factors[:, 1]
@@ -36,7 +37,7 @@ def test_smoke_run_recurses_on_whole_clusters(squares_npz: Path, tmp_path: Path)
         run = state["leaf_runs"][str(leaf)]
         assert run["status"] == "done" and run["stop_reason"]
         labels = np.load(out / "labels" / f"leaf-{leaf}.npz", allow_pickle=False)
-        assert run["levels"] >= 2 and f"level{run['levels'] - 1}_indices" in labels.files
+        assert run["levels"] >= 3 and f"level{run['levels'] - 1}_indices" in labels.files
         sizes = []
         for level in range(run["levels"]):
             kept = labels[f"level{level}_indices"]
@@ -45,11 +46,11 @@ def test_smoke_run_recurses_on_whole_clusters(squares_npz: Path, tmp_path: Path)
             # The reduction cuts at the gaps between positions: each is kept or dropped whole.
             for p in np.unique(position):
                 assert inside[position == p].all() or not inside[position == p].any()
-        assert sizes[0] == len(position) and sizes == sorted(sizes, reverse=True)
-        assert sizes[1] < sizes[0]
+        assert sizes[0] == len(position) and sizes[2] < sizes[1] < sizes[0]
         last = np.unique(position[labels[f"level{run['levels'] - 1}_indices"]])
         if len(last) == 1:  # one position left: nothing more to find, the leaf-run stops
-            assert run["stop_reason"] in (STOP_NO_PEAK, STOP_NO_ACTIVE_LATENT, STOP_NO_INTERSECTION,
+            assert run["stop_reason"] in ("max_depth", STOP_NO_PEAK, STOP_NO_ACTIVE_LATENT,
+                                          STOP_NO_INTERSECTION,
                                           STOP_BELOW_MIN_SIZE, STOP_TOO_FEW_POINTS)
         chosen.append(tuple(np.unique(position[labels["level1_indices"]])))
     assert chosen[0] != chosen[1]  # the two leaf-runs start from different root intervals

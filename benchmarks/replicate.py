@@ -1,0 +1,272 @@
+"""Scaled replications of the paper's comparisons, without Ray (runs where only PyTorch is).
+
+Experiments (the paper's figures; every method of one experiment gets the same budget C in
+model-images per run, i.e. per final model):
+
+  fig1a  PBT-S-VAE scored by MIG vs scored by DCI disentanglement (Fig. 1a);
+  fig1b  semi-supervised PBT-S-VAE on `labels` labelled images vs model selection by MIG on the
+         same number of labels vs supervised PBT-S-VAE (Fig. 1b);
+  fig4   the unsupervised baselines of Locatello et al. (beta-VAE, beta-TCVAE, AnnealedVAE,
+         FactorVAE, DIP-VAE-I/II) vs PBT-U-VAE (UDR) vs supervised PBT-S-VAE (Fig. 4).
+
+PBT runs use `rpu_ray.population.run_local_pbt` (the policy of `rpu-ray pbt`, in one process):
+population P of M VAEs, G generations of I images: C = P * M * G * I (PBT-S-VAE: P * M members
+of one VAE). The final model of a PBT
+run is the best VAE (by its own score) of the best member of the last generation. A baseline
+run trains 2 VAEs (UDR compares them) of one hyperparameter value, drawn from Locatello et
+al.'s grid by the run's seed, for C / 2 images each; both VAEs are rows. Baselines train at lr
+1e-3 (batch 64), not the study's 1e-4: its 300,000 steps are far beyond these budgets. Model
+selection trains the beta-TCVAE grid (6 values x 2 VAEs) for C / 12 images each and keeps the
+VAE with the best MIG on `labels` labels. Every final model is evaluated with the paper's
+protocol (MIG, DCI, SAP; `rpu_ray.evaluation.evaluate_model`).
+
+Not yet here: rPU-VAE itself (its driver runs on Ray; `rpu-ray run`) and Locatello et al.'s
+semi-supervised loss (Fig. 1b); Fig. 6 (0-3 leaf-runs) needs the rPU-VAE driver too.
+
+Outputs in --out: runs.csv (one row per final model: experiment, method, dataset, seed, budget,
+mig, dci_*, sap, udr, wall_s, model_images), summary.md (mean and std per method) and one box
+plot per experiment (<experiment>.png).
+
+    python benchmarks/replicate.py --smoke               # CPU, minutes; the test suite runs it
+    python benchmarks/replicate.py --budget gpu          # sized for about 10 minutes per
+                                                         # experiment on one H100 (unmeasured)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rpu_ray import data
+from rpu_ray.baseline import GRIDS, select_by_labels, train_baseline
+from rpu_ray.config import ExperimentConfig, load_config
+from rpu_ray.evaluation import evaluate_model
+from rpu_ray.population import run_local_pbt
+
+EXPERIMENTS = ("fig1a", "fig1b", "fig4")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Sizes of one replication: data, PBT population and training, evaluation points."""
+
+    image_size: int
+    subsample: tuple[int, ...] | None
+    population: int
+    num_models: int
+    generations: int
+    generation_images: int
+    seeds: int
+    labels: int
+    eval_points: tuple[int, int, int]
+    dci_mode: str
+    udr_points: int
+    score_points: int
+    # PBT's initial grids (a small population cannot afford the authors' lr 1e-5..1).
+    lr_grid: tuple[float, ...] = (1e-3, 2e-3)
+    batch_size_grid: tuple[int, ...] = (32, 64)
+    beta_grid: tuple[float, ...] = (4, 6, 8)
+
+    @property
+    def model_images(self) -> int:
+        """C: model-images per run of every method."""
+        return self.population * self.num_models * self.generations * self.generation_images
+
+
+BUDGETS = {
+    # 960 images of 32 px (1 shape, 3 scales, 5 orientations, 8 x 8 positions): seconds a run.
+    "smoke": Budget(32, (3, 2, 8, 4, 4), population=4, num_models=2, generations=2,
+                    generation_images=200, seeds=2, labels=100, eval_points=(300, 300, 150),
+                    dci_mode="fast", udr_points=100, score_points=300),
+    # The paper's data at 64 px; 2.4M model-images per run.
+    "gpu": Budget(64, None, population=8, num_models=5, generations=6, generation_images=10_000,
+                  seeds=5, labels=1000, eval_points=(10_000, 10_000, 5_000), dci_mode="fast",
+                  udr_points=1000, score_points=10_000, lr_grid=(5e-4, 1e-3, 2e-3),
+                  batch_size_grid=(64, 128), beta_grid=(4, 6, 8, 10)),
+}
+
+
+def _config(budget: Budget, seed: int, num_models: int, extra: list[str]) -> ExperimentConfig:
+    return load_config(overrides=[
+        f"seed={seed}", f"pbt.population={budget.population}",
+        f"model.num_models={num_models}", f"train.generation_images={budget.generation_images}",
+        f"pbt.policy.max_generations={budget.generations}", "pbt.policy.min_score=",
+        "pbt.policy.convergence_patience=", f"eval.udr_points={budget.udr_points}",
+        f"pbt.policy.lr_grid={list(budget.lr_grid)}",
+        f"pbt.policy.batch_size_grid={list(budget.batch_size_grid)}",
+        f"pbt.policy.beta_grid={list(budget.beta_grid)}",
+        f"eval.mig_points={budget.score_points}", f"eval.dci_mode={budget.dci_mode}", *extra])
+
+
+def _evaluate(model: Any, index: int, dataset: data.Dataset, budget: Budget, seed: int
+              ) -> dict[str, float]:
+    mig_points, dci_train, dci_test = budget.eval_points
+    metrics = evaluate_model(model, dataset.all_images(), dataset.all_factors(), seed=seed,
+                             mig_points=mig_points, dci_train=dci_train, dci_test=dci_test,
+                             dci_mode=budget.dci_mode, model_index=index)
+    return {"mig": metrics["mig"], "dci_disentanglement": metrics["dci"]["disentanglement"],
+            "dci_completeness": metrics["dci"]["completeness"],
+            "dci_informativeness_test": metrics["dci"]["informativeness_test"],
+            "sap": metrics["sap"]}
+
+
+def pbt_run(mode: str, dataset: data.Dataset, budget: Budget, seed: int, device: str,
+            labels: int | None = None) -> dict[str, Any]:
+    """One PBT-S-VAE (mode mig/dci) or PBT-U-VAE (udr) run; its final model's evaluation."""
+    # PBT-S-VAE members are single VAEs (as the paper's); a population M times larger spends
+    # the same budget as PBT-U-VAE's members of M VAEs.
+    num_models = budget.num_models if mode == "udr" else 1
+    extra = [f"pbt.population={budget.population * budget.num_models // num_models}"]
+    extra += [f"eval.labels={labels}"] if labels else []
+    config = _config(budget, seed, num_models, extra)
+    result = run_local_pbt(config, dataset, mode, run=f"{mode}-{seed}", device=device)
+    index = int(np.argmax(result.best_model_scores))
+    return {**_evaluate(result.best_member.model, index, dataset, budget, seed),
+            "udr": result.best_score if mode == "udr" else np.nan,
+            "model_images": result.model_images, "wall_s": result.seconds}
+
+
+def baseline_run(model: str, dataset: data.Dataset, budget: Budget, seed: int, device: str
+                 ) -> list[dict[str, Any]]:
+    """Two VAEs of one hyperparameter value (the seed's pick from the grid), C / 2 images each."""
+    grid = GRIDS[model]
+    value = grid.values[seed % len(grid.values)]
+    started = time.time()
+    member, rows = train_baseline(dataset, model, value, seeds=2,
+                                  images=budget.model_images // 2, lr=1e-3, seed=seed,
+                                  device=device, eval_points=budget.eval_points,
+                                  dci_mode=budget.dci_mode, udr_points=budget.udr_points)
+    out = []
+    for index, row in enumerate(rows):
+        evaluated = ({k: np.nan for k in ("mig", "dci_disentanglement", "dci_completeness",
+                                          "dci_informativeness_test", "sap")}
+                     if row["diverged"] else _evaluate(member.model, index, dataset, budget, seed))
+        out.append({**evaluated, "udr": row["udr"], "value": value,
+                    "model_images": budget.model_images, "wall_s": time.time() - started})
+    return out
+
+
+def model_selection_run(dataset: data.Dataset, budget: Budget, seed: int, device: str
+                        ) -> dict[str, Any]:
+    """The beta-TCVAE grid, 2 VAEs per value, C / 12 images each; the best MIG on labels."""
+    started = time.time()
+    values = GRIDS["betatcvae"].values
+    members = [train_baseline(dataset, "betatcvae", value, seeds=2,
+                              images=budget.model_images // (2 * len(values)), lr=1e-3,
+                              seed=seed, device=device, eval_points=budget.eval_points,
+                              dci_mode=budget.dci_mode, udr_points=budget.udr_points)[0]
+               for value in values]
+    position, index, _ = select_by_labels(members, dataset, budget.labels, seed=seed)
+    return {**_evaluate(members[position].model, index, dataset, budget, seed),
+            "udr": np.nan, "value": values[position], "model_images": budget.model_images,
+            "wall_s": time.time() - started}
+
+
+def methods(experiment: str, budget: Budget) -> dict[str, Callable[..., Any]]:
+    """Method name -> run(dataset, budget, seed, device) returning one row or a list of rows."""
+    if experiment == "fig1a":
+        return {"PBT-S-VAE (MIG)": functools.partial(pbt_run, "mig"),
+                "PBT-S-VAE (DCI)": functools.partial(pbt_run, "dci")}
+    if experiment == "fig1b":
+        return {f"{budget.labels}-PBT-S-VAE": functools.partial(pbt_run, "mig",
+                                                                labels=budget.labels),
+                f"model selection ({budget.labels} labels)": model_selection_run,
+                "PBT-S-VAE": functools.partial(pbt_run, "mig")}
+    if experiment == "fig4":
+        baselines = {name: functools.partial(baseline_run, name) for name in GRIDS}
+        return {**baselines, "PBT-U-VAE": functools.partial(pbt_run, "udr"),
+                "PBT-S-VAE": functools.partial(pbt_run, "mig")}
+    raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
+
+
+def replicate(experiments: list[str], budget_name: str, dataset_name: str, out: Path,
+              device: str, seeds: int | None = None) -> pd.DataFrame:
+    """Runs the experiments; writes runs.csv, summary.md and the box plots to `out`."""
+    budget = BUDGETS[budget_name]
+    dataset = data.load(dataset_name, image_size=budget.image_size,
+                        subsample=list(budget.subsample) if budget.subsample else None)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for experiment in experiments:
+        for method, run in methods(experiment, budget).items():
+            for seed in range(seeds or budget.seeds):
+                result = run(dataset, budget, seed, device)
+                for row in result if isinstance(result, list) else [result]:
+                    rows.append({"experiment": experiment, "method": method,
+                                 "dataset": dataset_name, "seed": seed, "budget": budget_name,
+                                 **row})
+                print(f"{experiment} {method} seed {seed}: MIG "
+                      f"{np.nanmean([r['mig'] for r in rows if r['method'] == method]):.3f}",
+                      flush=True)
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "runs.csv", index=False)
+    (out / "summary.md").write_text(summary_markdown(table))
+    for experiment in experiments:
+        plot(table[table.experiment == experiment], out / f"{experiment}.png",
+             f"{experiment}, {dataset_name}, budget {budget_name}")
+    return table
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """Mean and standard deviation of MIG and DCI disentanglement per method, as a table."""
+    lines = ["| experiment | method | final models | MIG mean | MIG std | DCI D mean | DCI D std |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for (experiment, method), group in table.groupby(["experiment", "method"], sort=False):
+        mig, dci = group.mig.dropna(), group.dci_disentanglement.dropna()
+        lines.append(f"| {experiment} | {method} | {len(group)} | {mig.mean():.3f} | "
+                     f"{mig.std():.3f} | {dci.mean():.3f} | {dci.std():.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: pd.DataFrame, path: Path, title: str) -> None:
+    """Box plots of MIG and DCI disentanglement per method, as the paper's figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(table.method))
+    figure, axes = plt.subplots(1, 2, figsize=(2 + 1.1 * len(names), 4), sharey=True)
+    for axis, column, label in zip(axes, ("mig", "dci_disentanglement"),
+                                   ("MIG", "DCI disentanglement"), strict=True):
+        groups = [table[table.method == n][column].dropna().to_numpy() for n in names]
+        axis.boxplot(groups, showmeans=True)
+        axis.set_xticks(range(1, len(names) + 1), names, rotation=40, ha="right", fontsize=8)
+        axis.set_title(label)
+        axis.grid(axis="y", alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", choices=EXPERIMENTS, action="append",
+                        help="repeatable; default: all")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="gpu")
+    parser.add_argument("--smoke", action="store_true", help="--budget smoke")
+    parser.add_argument("--dataset", default="dsprites", choices=("dsprites", "shapes3d"))
+    parser.add_argument("--seeds", type=int, help="runs per method (default: the budget's)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path("replication"))
+    args = parser.parse_args()
+    table = replicate(args.experiment or list(EXPERIMENTS),
+                      "smoke" if args.smoke else args.budget, args.dataset, args.out,
+                      args.device, args.seeds)
+    print((args.out / "summary.md").read_text())
+    print(f"{len(table)} final models; wrote {args.out}/runs.csv, summary.md and the plots")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""benchmarks/replicate.py: the replication harness, at its smoke size."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import CLI_ENV
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "replicate.py"
+_SPEC = importlib.util.spec_from_file_location("replicate", _PATH)
+replicate = importlib.util.module_from_spec(_SPEC)
+sys.modules["replicate"] = replicate  # its dataclasses look their module up there
+_SPEC.loader.exec_module(replicate)
+
+METRICS = ["mig", "dci_disentanglement", "dci_completeness", "dci_informativeness_test", "sap"]
+
+
+def _run(out: Path, *args: str) -> pd.DataFrame:
+    done = subprocess.run([sys.executable, str(_PATH), "--smoke", "--out", str(out), *args],
+                          env=CLI_ENV, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return pd.read_csv(out / "runs.csv")
+
+
+def _check_runs(table: pd.DataFrame, out: Path, experiments: list[str], seeds: int) -> None:
+    budget = replicate.BUDGETS["smoke"]
+    for experiment in experiments:
+        rows = table[table.experiment == experiment]
+        names = list(replicate.methods(experiment, budget))
+        assert list(dict.fromkeys(rows.method)) == names
+        for _, group in rows.groupby("method"):
+            assert sorted(set(group.seed)) == list(range(seeds))
+            # Every method spends the same budget C per run.
+            assert (group.model_images == budget.model_images).all()
+        assert (out / f"{experiment}.png").stat().st_size > 0
+    assert table[METRICS].notna().all().all()
+    assert ((table[METRICS] >= 0) & (table[METRICS] <= 1)).all().all()
+    summary = (out / "summary.md").read_text()
+    for method in set(table.method):
+        assert f"| {method} |" in summary
+
+
+def test_budget_and_methods() -> None:
+    smoke = replicate.BUDGETS["smoke"]
+    assert smoke.model_images == 4 * 2 * 2 * 200
+    assert list(replicate.methods("fig4", smoke)) == [
+        "betavae", "betatcvae", "annealedvae", "factorvae", "dipvae1", "dipvae2",
+        "PBT-U-VAE", "PBT-S-VAE"]
+    assert list(replicate.methods("fig1b", smoke))[1] == "model selection (100 labels)"
+    with pytest.raises(ValueError, match="unknown experiment"):
+        replicate.methods("fig9", smoke)
+
+
+def test_summary_is_mean_and_std_per_method() -> None:
+    table = pd.DataFrame({"experiment": ["e"] * 4, "method": ["a", "a", "b", "b"],
+                          "mig": [0.1, 0.3, 0.5, float("nan")],
+                          "dci_disentanglement": [0.2, 0.2, 0.4, 0.6]})
+    lines = replicate.summary_markdown(table).splitlines()
+    assert lines[2] == "| e | a | 2 | 0.200 | 0.141 | 0.200 | 0.000 |"
+    assert lines[3] == "| e | b | 2 | 0.500 | nan | 0.500 | 0.141 |"
+
+
+def test_smoke_fig1a(tmp_path: Path) -> None:
+    table = _run(tmp_path, "--experiment", "fig1a", "--seeds", "1")
+    _check_runs(table, tmp_path, ["fig1a"], seeds=1)
+
+
+@pytest.mark.slow
+def test_smoke_every_experiment(tmp_path: Path) -> None:
+    table = _run(tmp_path)
+    _check_runs(table, tmp_path, list(replicate.EXPERIMENTS), seeds=2)
+    # Baseline runs report both of their VAEs; PBT runs and model selection one final model.
+    fig4 = table[table.experiment == "fig4"]
+    assert fig4[fig4.method == "betavae"].shape[0] == 4
+    assert fig4[fig4.method == "PBT-U-VAE"].shape[0] == 2
