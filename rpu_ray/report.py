@@ -37,7 +37,7 @@ from rpu_ray.evaluation import encode_images, evaluate_model, per_latent_kl
 from rpu_ray.experiment import ExperimentDirError, read_events, read_run_file
 from rpu_ray.export import load_vae
 from rpu_ray.labels import LeafRunLabels
-from rpu_ray.models import VAEEnsemble
+from rpu_ray.models import LOSSES, VAEEnsemble
 from rpu_ray.reduction import GAUSSIAN_KL_ACTIVE_THRESHOLD, active_latents
 
 __all__ = ["GAP", "INACTIVE_BLEND", "LABEL_WIDTH", "NO_FACTORS", "estimate_active_latents",
@@ -403,7 +403,9 @@ class _Report:
             limits.append(f"converged after {policy.convergence_patience} without progress")
         rows = [
             ("seed", str(c.seed)),
-            ("model", f"{c.model.arch}, {c.model.z_dim} latents, loss {c.model.loss}"),
+            ("model", f"{c.model.arch}, {c.model.z_dim} latents, loss {c.model.loss}"
+                      + "".join(f", {k} {v:g}" for k, v in sorted(LOSSES[c.model.loss]
+                                .fixed_hyperparameters(c.model.loss_hyperparameters).items()))),
             ("population (members)", str(c.pbt.population)),
             ("VAEs per member", str(c.model.num_models)),
             ("images per member and generation: x-run", f"{c.train.generation_images:,}"),

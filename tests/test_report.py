@@ -337,3 +337,12 @@ def test_evaluate_file_needs_factors_and_matching_images(tmp_path, dataset) -> N
     wrong = Dataset(np.zeros((4, 3, 32, 32), np.uint8), np.zeros((4, 1), int), ("a",), (1,))
     with pytest.raises(ValueError, match="takes"):
         evaluate_file(path, wrong)
+
+
+def test_report_names_the_objective_and_its_fixed_constants(tmp_path, dataset) -> None:
+    out = make_run(tmp_path / "run")
+    config = load_config(preset_name="smoke", overrides=[
+        "model.loss=factorvae", "model.loss_hyperparameters={gamma: 20}"])
+    dump_config(config, out / "config.yaml")
+    md, _ = write_report(out, dataset)
+    assert "loss factorvae, gamma 20 |" in md.read_text()
