@@ -165,7 +165,10 @@ class GenerationalPBT(PopulationBasedTraining):
                 f.write(json.dumps(row, allow_nan=False, default=str) + "\n")
         if trial in self._dropped or self.stop_reason:
             # It was still running (or already restarted) when it was dropped or the run
-            # stopped: its result belongs to no generation.
+            # stopped: its result belongs to no generation. The survivors may all be waiting
+            # for it at the barrier.
+            if not self.stop_reason:
+                self._barrier_if_complete(tune_controller, leaving=trial)
             return TrialScheduler.STOP
         self._release_failed()
         decision = super().on_trial_result(tune_controller, trial, result)
@@ -175,6 +178,16 @@ class GenerationalPBT(PopulationBasedTraining):
                 tune_controller.stop_trial(other)
         return TrialScheduler.STOP if trial in ending else decision
 
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        # A member still saving its checkpoint at the barrier that stopped the run (or dropped
+        # it) was RUNNING then and escaped `stop_trial`; paused now, it must not train another
+        # generation. Stopping it here (one per call) ends it before it starts.
+        trial = super().choose_trial_to_run(tune_controller)
+        if trial is not None and (self.stop_reason or trial in self._dropped):
+            tune_controller.stop_trial(trial)
+            return None
+        return trial
+
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         # Ray's synchronous PBT only reaches the barrier from a result: when the last member
         # of a generation fails for good instead of reporting, the others would wait forever.
@@ -183,17 +196,25 @@ class GenerationalPBT(PopulationBasedTraining):
             return
         self._controller = tune_controller
         self._failed.add(trial)  # out of every ranking from now on (Ray still lists it)
+        self._barrier_if_complete(tune_controller, leaving=trial)
+
+    def _barrier_if_complete(self, tune_controller: Any, leaving: Trial) -> None:
+        """The barrier, if every other member has reached it. Ray's synchronous PBT only
+        reaches the barrier from a result that completes it; a member that leaves without one
+        (failed for good, or dropped and stopping) would otherwise leave the others waiting
+        forever."""
         self._release_failed()
-        live = [t for t in tune_controller.get_live_trials() if t is not trial]
+        live = [t for t in tune_controller.get_live_trials()
+                if t is not leaving and t not in self._dropped]
         if live and all(self._trial_state[t].last_train_time >= self._next_perturbation_sync
                         for t in live):
             self._barrier(tune_controller, live)
 
     def _release_failed(self) -> None:
-        """Failed members never hold back a barrier. Ray keeps listing a failed trial among
-        the live ones (at least until its actor has stopped), and the synchronous barrier
-        waits for every live trial to reach the next generation: move them there."""
-        for trial in self._failed:
+        """Failed and dropped members never hold back a barrier. Ray keeps listing such a
+        trial among the live ones (at least until its actor has stopped), and the synchronous
+        barrier waits for every live trial to reach the next generation: move them there."""
+        for trial in self._failed | self._dropped:
             state = self._trial_state[trial]
             state.last_train_time = max(state.last_train_time, self._next_perturbation_sync)
 
@@ -230,6 +251,9 @@ class GenerationalPBT(PopulationBasedTraining):
             self._to_stop = {by_id[i] for i in scores if i not in keep}
             self._dropped |= self._to_stop
             scores = {i: v for i, v in scores.items() if i in keep}
+        # A generation redone after a restore (Tune's state predates its results for some
+        # members) replaces its entry from the events log instead of counting twice.
+        del self.best_scores[generation:]
         self.best_scores.append(best_score(scores))
         self.stop_reason = stop_reason(self.best_scores, self.policy)
         ranking = rank(scores)
