@@ -38,8 +38,9 @@ from rpu_ray.pbt import (
     survivors_after_first_generation,
 )
 
-__all__ = ["LocalPBTResult", "build_member", "initial_population", "member_seed",
-           "run_local_pbt", "score_member", "seed_words"]
+__all__ = ["MODES", "LocalPBTResult", "build_member", "initial_population",
+           "member_hyperparameters", "member_seed", "run_local_pbt", "score_member",
+           "seed_words"]
 
 MODES = ("udr", "mig", "dci", "leafmig")
 
