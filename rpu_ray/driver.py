@@ -1,4 +1,4 @@
-"""Orchestration on Ray: the only core module that imports Ray Tune.
+"""Orchestration: the only core module that imports Ray Tune.
 
 `run_pbt` runs one population-based training experiment (PBT-U-VAE scored by UDR, or
 PBT-S-VAE scored by MIG/DCI) on the current Ray cluster and writes its outputs:
@@ -12,6 +12,11 @@ PBT-S-VAE scored by MIG/DCI) on the current Ray cluster and writes its outputs:
     OUT/tune/<run>/            Ray Tune's experiment (trial checkpoints, restore state)
 
 `run_pbt(..., resume=True)` continues an interrupted experiment with `Tuner.restore`.
+`run_pbt_locally` writes the same outputs (but `tune/`) without Ray, in this process.
+
+`RPUDriver` runs Algorithm 1 (rPU-VAE) with one of two executors for its PBT runs: Ray tasks
+(`RayExecutor`; `RayRPUDriver` is the actor of `rpu-ray run`) or this process (`LocalExecutor`,
+for machines without Ray). Ray is imported only where a Ray executor runs.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -48,7 +53,7 @@ from rpu_ray.evaluation import (
 from rpu_ray.experiment import read_events, read_jsonl
 from rpu_ray.export import export_vae, load_vae
 from rpu_ray.labels import LabelLevel, LeafRunLabels
-from rpu_ray.population import MODES, initial_population, seed_words
+from rpu_ray.population import MODES, initial_population, run_local_pbt, seed_words
 from rpu_ray.reduction import active_latents, reduce
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,8 @@ class PBTRunResult:
     best_generation: int
     generations: int
     num_errors: int
+    # Images trained on, summed over all VAEs of all members (the run's compute).
+    model_images: int
 
 
 def _progress_printer(run: str) -> Callable[[dict[str, Any]], None]:
@@ -167,10 +174,10 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
                     checkpoint_score_attribute="score", checkpoint_score_order="max"),
                 failure_config=tune.FailureConfig(max_failures=experiment.pbt.max_failures)))
     grid = tuner.fit()
-    return _write_outputs(grid, out_dir, mode)
+    return _write_outputs(grid, out_dir, mode, experiment.model.num_models)
 
 
-def _write_outputs(grid: Any, out_dir: Path, mode: str) -> PBTRunResult:
+def _write_outputs(grid: Any, out_dir: Path, mode: str, num_models: int) -> PBTRunResult:
     """results.csv, the best member and VAE, the plot; the summary of the run."""
     results = pd.DataFrame(read_jsonl(out_dir / RESULTS_LOG))
     results.to_csv(out_dir / "results.csv", index=False)
@@ -197,7 +204,49 @@ def _write_outputs(grid: Any, out_dir: Path, mode: str) -> PBTRunResult:
         stop_reason=generations[-1]["stop_reason"] if generations else None,
         best_score=float(best_score), best_member=int(metrics["member"]),
         best_generation=int(metrics["training_iteration"]) - 1,
-        generations=len(generations), num_errors=grid.num_errors)
+        generations=len(generations), num_errors=grid.num_errors,
+        model_images=int(results.images_seen.sum()) * num_models)
+
+
+def run_pbt_locally(experiment: ExperimentConfig, dataset: Dataset, mode: str,
+                    out_dir: str | Path, run: str = "pbt", progress: bool = True,
+                    device: str | None = None, label_chains: list[LabelChain] | None = None
+                    ) -> PBTRunResult:
+    """`run_pbt` without Ray: `rpu_ray.population.run_local_pbt` in this process, with the
+    same outputs (no `tune/`; an interrupted run cannot be resumed, it starts again)."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(experiment, out_dir / "config.yaml")
+    printer = _progress_printer(run) if progress else None
+
+    def log_generation(summary: dict[str, Any]) -> None:
+        event = {"event": "generation", "time": time.time(),
+                 **{k: v if v != -math.inf else None for k, v in summary.items()}}
+        with (out_dir / "events.jsonl").open("a") as f:
+            f.write(json.dumps(event) + "\n")
+        if printer is not None:
+            printer(summary)
+
+    result = run_local_pbt(experiment, dataset, mode, run=run, device=device,
+                           label_chains=label_chains, on_generation=log_generation)
+    with (out_dir / "events.jsonl").open("a") as f:
+        f.writelines(json.dumps(d.to_dict()) + "\n" for d in result.decisions)
+    results = pd.DataFrame(result.results)
+    results.to_csv(out_dir / "results.csv", index=False)
+    state = result.best_member.state_dict()
+    save_checkpoint(out_dir / "best_member.pt", {"member": state,
+                                                 "member_index": result.best_member_index})
+    model_index = best_model(result.best_model_scores)
+    export_vae(state, model_index, out_dir / "best_vae.pt", metadata={
+        "mode": mode, "score": result.best_score,
+        "model_score": result.best_model_scores[model_index],
+        "member": result.best_member_index, "generation": result.best_generation,
+        "hyperparameters": result.best_member.hyperparameters})
+    plot_pbt(read_events(out_dir, "generation"), results, out_dir / "pbt.png")
+    return PBTRunResult(
+        out_dir=out_dir, stop_reason=result.stop_reason, best_score=result.best_score,
+        best_member=result.best_member_index, best_generation=result.best_generation,
+        generations=len(result.generations), num_errors=0, model_images=result.model_images)
 
 
 def plot_pbt(generations: list[dict[str, Any]], results: pd.DataFrame, path: Path) -> None:
@@ -270,6 +319,70 @@ def _run_pbt_task(experiment: ExperimentConfig, data: DatasetHandle, mode: str, 
     return run_pbt(experiment, data.get(), mode, out_dir, run=run, resume=resume,
                    progress=progress, images_ref=data.images, label_chains=label_chains)
 
+
+class PBTExecutor(Protocol):
+    """How the rPU-VAE driver runs one PBT experiment (a metaEpoch or the final run).
+
+    `run` writes the outputs of `run_pbt` to `out_dir` (at least `best_vae.pt`) and returns its
+    summary; `can_resume` says whether `out_dir` holds an interrupted run of that name that
+    `run(..., resume=True)` continues; `concurrent`: whether runs may overlap (leaf-runs).
+    """
+
+    concurrent: bool
+
+    def run(self, experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: Path,
+            run: str, resume: bool, label_chains: list[LabelChain] | None = None
+            ) -> PBTRunResult: ...
+
+    def can_resume(self, out_dir: Path, run: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class RayExecutor:
+    """PBT on Ray Tune, each run in its own Ray task named for the dashboard (`pbt:leaf1-2`);
+    runs overlap, and an interrupted one resumes from Tune's checkpoints."""
+
+    data: DatasetHandle
+    progress: bool = True
+    concurrent: bool = True
+
+    def run(self, experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: Path,
+            run: str, resume: bool, label_chains: list[LabelChain] | None = None
+            ) -> PBTRunResult:
+        import ray
+
+        task = ray.remote(num_cpus=0, max_retries=0)(_run_pbt_task).options(name=f"pbt:{run}")
+        return ray.get(task.remote(experiment, self.data.of(dataset), mode, out_dir, run,
+                                   resume, self.progress, label_chains))
+
+    def can_resume(self, out_dir: Path, run: str) -> bool:
+        from ray import tune
+
+        return tune.Tuner.can_restore(str(out_dir / "tune" / run))
+
+
+@dataclass(frozen=True)
+class LocalExecutor:
+    """PBT in this process without Ray (`run_pbt_locally`): one run after the other, on one
+    device; an interrupted run starts again (finished metaEpochs are still kept)."""
+
+    device: str | None = None
+    progress: bool = True
+    concurrent: bool = False
+
+    def run(self, experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: Path,
+            run: str, resume: bool, label_chains: list[LabelChain] | None = None
+            ) -> PBTRunResult:
+        if resume:
+            raise ValueError(f"{out_dir}: a local PBT run cannot be resumed")
+        return run_pbt_locally(experiment, dataset, mode, out_dir, run=run,
+                               progress=self.progress, device=self.device,
+                               label_chains=label_chains)
+
+    def can_resume(self, out_dir: Path, run: str) -> bool:
+        return False
+
+
 STATE_FILE = "state.json"
 EVENTS_FILE = "events.jsonl"
 
@@ -286,19 +399,22 @@ class RPUDriver:
     Every step is recorded in `OUT/state.json` (written atomically) and `OUT/events.jsonl`
     (append-only) as soon as it finishes, and every metaEpoch is one PBT run in
     `OUT/metaepochs/<key>/` (`x`, `leaf1-1`, `leaf1-2`, ...). Running the driver again on the
-    same directory (`rpu-ray resume`) skips what is done, resumes the PBT run in flight with
-    `Tuner.restore` and recomputes only the pure, cheap steps (reductions).
+    same directory (`rpu-ray resume`) skips what is done, resumes the PBT run in flight if the
+    executor can (Ray: `Tuner.restore`) and recomputes only the pure, cheap steps (reductions).
 
     Outputs besides: `labels/leaf-<i>.npz` (the surrogate-label tree of each leaf-run,
     `rpu_ray.labels`), `final/` (the final PBT-S-VAE run), `final_model.pt`, `metrics.json`.
+
+    The PBT runs go to `executor`: `RayExecutor` on a cluster (`RayRPUDriver`, the actor of
+    `rpu-ray run`), `LocalExecutor` in one process without Ray (`benchmarks/replicate.py`).
     """
 
-    def __init__(self, out_dir: str | Path, experiment: ExperimentConfig, data: DatasetHandle,
-                 progress: bool = True) -> None:
+    def __init__(self, out_dir: str | Path, experiment: ExperimentConfig, dataset: Dataset,
+                 executor: PBTExecutor, progress: bool = True) -> None:
         self.out_dir = Path(out_dir).resolve()
         self.experiment = experiment
-        self.data = data
-        self.dataset = data.get()
+        self.dataset = dataset
+        self.executor = executor
         self.progress = progress
         path = self.out_dir / STATE_FILE
         self.state: dict[str, Any] = (json.loads(path.read_text()) if path.exists() else
@@ -339,7 +455,8 @@ class RPUDriver:
         if root is not None:
             self._update("phase", value="leaf-runs")
             leaves = range(1, self.experiment.rpu.leaf_runs + 1)
-            workers = self.experiment.rpu.max_concurrent_leaf_runs or len(leaves) or 1
+            workers = (self.experiment.rpu.max_concurrent_leaf_runs or len(leaves) or 1
+                       if self.executor.concurrent else 1)
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leaf-run") as pool:
                 # list(): re-raise the first leaf-run error here
                 list(pool.map(lambda leaf: self._leaf_run(leaf, root), leaves))
@@ -349,25 +466,13 @@ class RPUDriver:
         self._event("done", final_model=self.state.get("final", {}).get("model"))
         return self.status()
 
-    def _pbt(self, experiment: ExperimentConfig, dataset: Dataset, mode: str, directory: Path,
-             run: str, resume: bool, label_chains: list[LabelChain] | None = None
-             ) -> PBTRunResult:
-        """One PBT run in its own Ray task, named for the dashboard (e.g. `pbt:leaf1-2`)."""
-        import ray
-
-        task = ray.remote(num_cpus=0, max_retries=0)(_run_pbt_task).options(name=f"pbt:{run}")
-        return ray.get(task.remote(experiment, self.data.of(dataset), mode, directory, run,
-                                   resume, self.progress, label_chains))
-
     def _metaepoch(self, key: str, dataset: Dataset, generation_images: int) -> dict[str, Any]:
         """One PBT-U-VAE run on `dataset` until convergence, then labelling with its best VAE."""
-        from ray import tune
-
         records = self.state["metaepochs"]
         if records.get(key, {}).get("status") == "done":
             return records[key]
         directory = self.out_dir / "metaepochs" / key
-        resume = key in records and tune.Tuner.can_restore(str(directory / "tune" / key))
+        resume = key in records and self.executor.can_resume(directory, key)
         if not resume:
             # A start that was killed before Tune saved its state left nothing to resume;
             # its partial logs must not mix with the new run's.
@@ -377,12 +482,13 @@ class RPUDriver:
         experiment = dataclasses.replace(
             self.experiment,
             train=dataclasses.replace(self.experiment.train, generation_images=generation_images))
-        result = self._pbt(experiment, dataset, "udr", directory, key, resume)
+        result = self.executor.run(experiment, dataset, "udr", directory, key, resume)
         level, kl, truth = self._label(directory / "best_vae.pt", dataset)
         save_label_level(directory / "labels.npz", level)
         record = {
             "status": "done", "size": len(dataset), "best_score": result.best_score,
             "generations": result.generations, "stop_reason": result.stop_reason,
+            "model_images": result.model_images,
             "active_latents": level.latents.tolist(), "kl": kl.tolist(),
             "model": str(directory / "best_vae.pt"),
         }
@@ -461,8 +567,6 @@ class RPUDriver:
 
     def _final_run(self) -> None:
         """PBT-S-VAE on all images, scored by leaf-MIG on the surrogate labels (spec 5.6)."""
-        from ray import tune
-
         if self.state.get("final", {}).get("status") == "done":
             return
         rpu, pbt = self.experiment.rpu, self.experiment.pbt
@@ -480,17 +584,18 @@ class RPUDriver:
             pbt=dataclasses.replace(pbt, population=rpu.final_population or pbt.population,
                                     policy=policy))
         directory = self.out_dir / "final"
-        resume = "final" in self.state and tune.Tuner.can_restore(str(directory / "tune" / "final"))
+        resume = "final" in self.state and self.executor.can_resume(directory, "final")
         if not resume:
             shutil.rmtree(directory, ignore_errors=True)
         self._update("final", value={"status": "running"})
         self._event("final_run_started", leaf_runs=len(chains), resume=resume)
-        result = self._pbt(experiment, self.dataset, "leafmig", directory, "final", resume,
-                           label_chains=chains)
+        result = self.executor.run(experiment, self.dataset, "leafmig", directory, "final",
+                                   resume, label_chains=chains)
         model_path = self.out_dir / "final_model.pt"
         save_checkpoint(model_path, load_checkpoint(directory / "best_vae.pt"))
         final = {"status": "done", "leaf_mig": result.best_score,
-                 "generations": result.generations, "model": str(model_path)}
+                 "generations": result.generations, "model_images": result.model_images,
+                 "model": str(model_path)}
         if self.dataset.has_factors:
             model, _ = load_vae(model_path)
             metrics = evaluate_model(model, self.dataset.all_images(), self.dataset.all_factors(),
@@ -503,6 +608,22 @@ class RPUDriver:
             final["mig"] = metrics["mig"]
         self._update("final", value=final)
         self._event("final_run_done", leaf_mig=round(result.best_score, 4), mig=final.get("mig"))
+
+
+class RayRPUDriver(RPUDriver):
+    """The driver as a Ray actor (`rpu-ray run`): it receives the data set as an object-store
+    handle, and runs every PBT run as a Ray task (`RayExecutor`)."""
+
+    def __init__(self, out_dir: str | Path, experiment: ExperimentConfig, data: DatasetHandle,
+                 progress: bool = True) -> None:
+        super().__init__(out_dir, experiment, data.get(), RayExecutor(data, progress), progress)
+
+
+def model_images(state: dict[str, Any]) -> int:
+    """The compute of an rPU-VAE run (its `state.json`): images trained on, summed over all
+    VAEs of every metaEpoch and of the final run."""
+    runs = [*state.get("metaepochs", {}).values(), state.get("final", {})]
+    return sum(run.get("model_images", 0) for run in runs)
 
 
 def save_label_level(path: Path, level: LabelLevel) -> None:

@@ -159,13 +159,13 @@ def _run_rpu(config: ExperimentConfig, dataset: data.Dataset, directory: Path,
     """Run the driver as a Ray actor and print its progress from the experiment directory."""
     import ray
 
-    from rpu_ray.driver import DatasetHandle, RPUDriver
+    from rpu_ray.driver import DatasetHandle, RayRPUDriver
 
     _init_ray(address)
     print(f"[rpu-ray] rPU-VAE in {directory}: x-run, {config.rpu.leaf_runs} leaf-runs, final "
           f"model; {config.pbt.population} members of {config.model.num_models} VAEs",
           flush=True)
-    actor_class = ray.remote(num_cpus=0, max_concurrency=2)(RPUDriver)
+    actor_class = ray.remote(num_cpus=0, max_concurrency=2)(RayRPUDriver)
     driver = actor_class.options(name=f"rpu-driver:{directory.name}").remote(
         directory, config, DatasetHandle.put(dataset), progress=False)
     done = driver.run.remote()

@@ -121,9 +121,11 @@ class LocalPBTResult:
       generations: one dict per generation (generation, best_score, median_score, population,
         best_member, best_hparams, stop_reason, seconds), as the Ray scheduler's events.
       decisions: every exploit/explore decision, in order.
-      best_member: the member with the best score of the last generation, as it was then.
+      best_member: the member with the best score over all generations, as it was then (the
+        Ray executor's choice too: its best checkpoint).
       best_score: its score.
       best_model_scores: its per-model scores (for choosing its best VAE).
+      best_member_index, best_generation: which member it was, and when.
       stop_reason: why the run stopped ("below_min_score", "converged", "max_generations").
       model_images: images trained on, summed over all VAEs of all members.
       seconds: wall time of the run.
@@ -134,6 +136,8 @@ class LocalPBTResult:
     best_member: Member
     best_score: float
     best_model_scores: list[float]
+    best_member_index: int
+    best_generation: int
     stop_reason: str
     model_images: int
     seconds: float
@@ -177,6 +181,9 @@ def run_local_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, run
     decisions: list[Decision] = []
     results: list[dict[str, Any]] = []
     best_scores: list[float] = []
+    # The best (score, member, generation, config, state, model scores) so far; a member's
+    # state is copied when it sets a record, since it trains on (or is replaced) afterwards.
+    record: tuple[float, str, int, dict[str, Any], dict[str, Any], list[float]] | None = None
     model_images = 0
     for generation in itertools.count():
         tick = time.time()
@@ -187,9 +194,9 @@ def run_local_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, run
             evaluations[i] = score_member(member, stats, images, mode, experiment.eval,
                                           factors, label_chains)
             scores[i] = evaluations[i]["score"]
-            results.append({"generation": generation, "member": int(i),
-                            "score": scores[i], "diverged": stats["diverged"],
-                            **member.hyperparameters})
+            results.append({"generation": generation, "training_iteration": generation + 1,
+                            "member": int(i), "score": scores[i], "diverged": stats["diverged"],
+                            "images_seen": stats["images_seen"], **member.hyperparameters})
         if generation == 0 and policy.big_init_population_factor > 1:
             keep = survivors_after_first_generation(scores, policy)
             members = {i: members[i] for i in keep}
@@ -198,6 +205,10 @@ def run_local_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, run
         reason = stop_reason(best_scores, policy)
         ranking = rank(scores)
         best = ranking[0]
+        if record is None or scores[best] > record[0]:
+            record = (scores[best], best, generation, dict(configs[best]),
+                      copy.deepcopy(members[best].state_dict()),
+                      list(evaluations[best]["model_scores"]))
         summary = {
             "generation": generation, "best_score": best_scores[-1],
             "median_score": statistics.median(scores.values()), "population": len(scores),
@@ -209,9 +220,13 @@ def run_local_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, run
         if on_generation is not None:
             on_generation(summary)
         if reason is not None:
-            return LocalPBTResult(generations, decisions, members[best], float(scores[best]),
-                                  list(evaluations[best]["model_scores"]), reason,
-                                  model_images, time.time() - started, results)
+            score, index, when, config, state, model_scores = record
+            best_member = build_member(experiment, config, int(index), run,
+                                       tuple(images.shape[1:]), device)
+            best_member.load_state_dict(state)
+            return LocalPBTResult(generations, decisions, best_member, float(score),
+                                  model_scores, int(index), when, reason, model_images,
+                                  time.time() - started, results)
         hparams = {i: {k: configs[i][k] for k in HYPERPARAMETERS if k in configs[i]}
                    for i in scores}
         chosen = exploit_and_explore(scores, hparams, policy, generation_rng(seed, generation),
