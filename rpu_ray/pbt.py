@@ -89,7 +89,8 @@ _BATCH_SIZE_GRID = (8, 16, 32, 64, 128, 256, 512, 1024)
 _BETA_GRID = (
     1, 2, 3, 4, 5, 6, 8, 10, 13, 17, 22, 28, 37, 47, 60, 77, 99, 127, 163, 208, 267, 342, 437,
 )  # fmt: skip
-_LR_GRID = tuple(float(lr) for lr in np.logspace(-5, 0, 30))
+# Clipped: some numpy versions round logspace's first point 1 ulp below 1e-5 (= lr_min).
+_LR_GRID = tuple(float(lr) for lr in np.clip(np.logspace(-5, 0, 30), 1e-5, 1.0))
 
 
 @dataclass(frozen=True)
