@@ -7,27 +7,42 @@ model-images per run, i.e. per final model):
   fig1b  semi-supervised PBT-S-VAE on `labels` labelled images vs model selection by MIG on the
          same number of labels vs supervised PBT-S-VAE (Fig. 1b);
   fig4   the unsupervised baselines of Locatello et al. (beta-VAE, beta-TCVAE, AnnealedVAE,
-         FactorVAE, DIP-VAE-I/II) vs PBT-U-VAE (UDR) vs supervised PBT-S-VAE (Fig. 4).
+         FactorVAE, DIP-VAE-I/II) vs PBT-U-VAE (UDR) vs rPU-VAE vs supervised PBT-S-VAE
+         (Fig. 4);
+  fig6   rPU-VAE with 0, 1, 2 and 3 leaf-runs (Fig. 6).
 
 PBT runs use `rpu_ray.population.run_local_pbt` (the policy of `rpu-ray pbt`, in one process):
 population P of M VAEs, G generations of I images: C = P * M * G * I (PBT-S-VAE: P * M members
-of one VAE). The final model of a PBT
-run is the best VAE (by its own score) of the best member of the last generation. A baseline
-run trains 2 VAEs (UDR compares them) of one hyperparameter value, drawn from Locatello et
-al.'s grid by the run's seed, for C / 2 images each; both VAEs are rows. Baselines train at lr
-1e-3 (batch 64), not the study's 1e-4: its 300,000 steps are far beyond these budgets. Model
-selection trains the beta-TCVAE grid (6 values x 2 VAEs) for C / 12 images each and keeps the
-VAE with the best MIG on `labels` labels. Every final model is evaluated with the paper's
-protocol (MIG, DCI, SAP; `rpu_ray.evaluation.evaluate_model`).
+of one VAE). The final model of a PBT run is the best VAE (by its own score) of the best member
+over all generations, as `rpu-ray pbt` exports it.
 
-Not yet here: rPU-VAE itself (its driver runs on Ray; `rpu-ray run`) and Locatello et al.'s
-semi-supervised loss (Fig. 1b); Fig. 6 (0-3 leaf-runs) needs the rPU-VAE driver too.
+rPU-VAE runs the driver of `rpu-ray run` (`rpu_ray.driver.RPUDriver`) with the in-process
+executor: an x-run, K leaf-runs of at most D metaEpochs, each a PBT-U-VAE of P members of M
+VAEs for at most G_r generations, and the final PBT-S-VAE (leaf-MIG) of P * M single VAEs for
+G_f generations after a doubled first one. All of them train I_r images per generation, chosen
+so that the run spends at most C when nothing stops early:
+I_r = C / (P * M * (G_r * (1 + K * D) + G_f + 1)). Runs stop early (a leaf-run ends when its
+reduction finds nothing to cut), so the model-images column, the compute actually spent, can be
+lower. If the x-run leaves no active latent, there is no label and no final run: the x-run's
+best VAE is the final model (column `rpu_stop` says so).
+
+A baseline run trains 2 VAEs (UDR compares them) of one hyperparameter value from Locatello et
+al.'s grid for C / 2 images each; both VAEs are rows. With n seeds per method the values are
+spread over the grid (seed i takes value floor((i + 0.5) * 6 / n), so 2 seeds take the second
+and fifth, 6 seeds all six). Baselines train at lr 1e-3 (batch 64), not the study's 1e-4: its
+300,000 steps are far beyond these budgets. Model selection trains the beta-TCVAE grid (6 values
+x 2 VAEs) for C / 12 images each and keeps the VAE with the best MIG on `labels` labels. Every
+final model is evaluated with the paper's protocol (MIG, DCI, SAP;
+`rpu_ray.evaluation.evaluate_model`).
+
+Not yet here: Locatello et al.'s semi-supervised loss (Fig. 1b).
 
 Outputs in --out: runs.csv (one row per final model: experiment, method, dataset, seed, budget,
 mig, dci_*, sap, udr, wall_s, model_images), summary.md (mean and std per method) and one box
 plot per experiment (<experiment>.png).
 
     python benchmarks/replicate.py --smoke               # CPU, minutes; the test suite runs it
+    python benchmarks/replicate.py --budget cpu          # CPU, about an hour on 2 cores
     python benchmarks/replicate.py --budget gpu          # sized for about 10 minutes per
                                                          # experiment on one H100 (unmeasured)
 """
@@ -37,6 +52,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,10 +65,14 @@ import torch
 from rpu_ray import data
 from rpu_ray.baseline import GRIDS, select_by_labels, train_baseline
 from rpu_ray.config import ExperimentConfig, load_config
+from rpu_ray.driver import LocalExecutor, RPUDriver
+from rpu_ray.driver import model_images as driver_model_images
 from rpu_ray.evaluation import evaluate_model
+from rpu_ray.export import load_vae
 from rpu_ray.population import run_local_pbt
 
-EXPERIMENTS = ("fig1a", "fig1b", "fig4")
+EXPERIMENTS = ("fig1a", "fig1b", "fig4", "fig6")
+METRICS = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness_test", "sap")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,18 +95,35 @@ class Budget:
     lr_grid: tuple[float, ...] = (1e-3, 2e-3)
     batch_size_grid: tuple[int, ...] = (32, 64)
     beta_grid: tuple[float, ...] = (4, 6, 8)
+    # rPU-VAE: leaf-runs K (fig4), metaEpochs per leaf-run D, generations per metaEpoch G_r and
+    # of the final run G_f; the active-latent KL threshold (None: the default, for trained models).
+    leaf_runs: int = 2
+    max_depth: int = 2
+    rpu_generations: int = 2
+    final_generations: int = 2
+    active_kl_threshold: float | None = None
 
     @property
     def model_images(self) -> int:
         """C: model-images per run of every method."""
         return self.population * self.num_models * self.generations * self.generation_images
 
+    def rpu_generation_images(self, leaf_runs: int) -> int:
+        """I_r: images per generation of an rPU-VAE run with `leaf_runs` leaf-runs that spends
+        at most C (every metaEpoch and the final run's generations; its first one doubled)."""
+        generations = (self.rpu_generations * (1 + leaf_runs * self.max_depth)
+                       + self.final_generations + 1)
+        return self.model_images // (self.population * self.num_models * generations)
+
 
 BUDGETS = {
     # 960 images of 32 px (1 shape, 3 scales, 5 orientations, 8 x 8 positions): seconds a run.
+    # rPU-VAE: 1 generation per metaEpoch, 1 metaEpoch per leaf-run, a low active-latent
+    # threshold: enough for its models, trained for seconds, to label something.
     "smoke": Budget(32, (3, 2, 8, 4, 4), population=4, num_models=2, generations=2,
-                    generation_images=200, seeds=2, labels=100, eval_points=(300, 300, 150),
-                    dci_mode="fast", udr_points=100, score_points=300),
+                    generation_images=1000, seeds=2, labels=100, eval_points=(300, 300, 150),
+                    dci_mode="fast", udr_points=100, score_points=300, max_depth=1,
+                    rpu_generations=1, final_generations=1, active_kl_threshold=0.01),
     # The paper's data at 64 px; 2.4M model-images per run.
     "gpu": Budget(64, None, population=8, num_models=5, generations=6, generation_images=10_000,
                   seeds=5, labels=1000, eval_points=(10_000, 10_000, 5_000), dci_mode="fast",
@@ -135,24 +172,49 @@ def pbt_run(mode: str, dataset: data.Dataset, budget: Budget, seed: int, device:
             "model_images": result.model_images, "wall_s": result.seconds}
 
 
-def baseline_run(model: str, dataset: data.Dataset, budget: Budget, seed: int, device: str
-                 ) -> list[dict[str, Any]]:
-    """Two VAEs of one hyperparameter value (the seed's pick from the grid), C / 2 images each."""
-    grid = GRIDS[model]
-    value = grid.values[seed % len(grid.values)]
+def rpu_run(dataset: data.Dataset, budget: Budget, seed: int, device: str,
+            leaf_runs: int | None = None) -> dict[str, Any]:
+    """rPU-VAE (x-run, `leaf_runs` leaf-runs, final model) at most C model-images; the final
+    model's evaluation (the x-run's best VAE if the x-run found nothing to label)."""
+    leaf_runs = budget.leaf_runs if leaf_runs is None else leaf_runs
+    images = budget.rpu_generation_images(leaf_runs)
+    threshold = ([f"rpu.reduction.active_kl_threshold={budget.active_kl_threshold}"]
+                 if budget.active_kl_threshold is not None else [])
+    config = _config(budget, seed, budget.num_models, [
+        f"train.generation_images={images}", f"rpu.leaf_generation_images={images}",
+        f"pbt.policy.max_generations={budget.rpu_generations}", f"rpu.leaf_runs={leaf_runs}",
+        f"rpu.max_depth={budget.max_depth}", f"rpu.final_generations={budget.final_generations}",
+        f"rpu.final_population={budget.population * budget.num_models}",
+        "rpu.final_big_init_factor=2", *threshold])
     started = time.time()
-    member, rows = train_baseline(dataset, model, value, seeds=2,
-                                  images=budget.model_images // 2, lr=1e-3, seed=seed,
-                                  device=device, eval_points=budget.eval_points,
-                                  dci_mode=budget.dci_mode, udr_points=budget.udr_points)
-    out = []
-    for index, row in enumerate(rows):
-        evaluated = ({k: np.nan for k in ("mig", "dci_disentanglement", "dci_completeness",
-                                          "dci_informativeness_test", "sap")}
-                     if row["diverged"] else _evaluate(member.model, index, dataset, budget, seed))
-        out.append({**evaluated, "udr": row["udr"], "value": value,
-                    "model_images": budget.model_images, "wall_s": time.time() - started})
-    return out
+    with tempfile.TemporaryDirectory(prefix="rpu-replicate-") as out:
+        state = RPUDriver(out, config, dataset, LocalExecutor(device, progress=False),
+                          progress=False).run()
+        final = state.get("final", {}).get("model") or state["metaepochs"]["x"]["model"]
+        model, _ = load_vae(final, device)
+    return {**_evaluate(model, 0, dataset, budget, seed),
+            "udr": state["metaepochs"]["x"]["best_score"], "leaf_runs": leaf_runs,
+            "rpu_stop": state.get("stop_reason", ""),
+            "metaepochs": len(state["metaepochs"]), "model_images": driver_model_images(state),
+            "wall_s": time.time() - started}
+
+
+def grid_value(model: str, seed: int, seeds: int) -> float:
+    """The baseline value of run `seed` of `seeds`: spread evenly over the study's grid."""
+    values = GRIDS[model].values
+    return values[int((seed % seeds + 0.5) * len(values) / seeds) % len(values)]
+
+
+def baseline_run(model: str, dataset: data.Dataset, budget: Budget, seed: int, device: str,
+                 seeds: int = 1) -> list[dict[str, Any]]:
+    """Two VAEs of one hyperparameter value (`grid_value`), C / 2 images each."""
+    value = grid_value(model, seed, seeds)
+    _, rows = train_baseline(dataset, model, value, seeds=2, images=budget.model_images // 2,
+                             lr=1e-3, seed=seed, device=device, eval_points=budget.eval_points,
+                             dci_mode=budget.dci_mode, udr_points=budget.udr_points)
+    # train_baseline evaluates each VAE as `_evaluate` does (same seed, points and mode).
+    return [{**{k: row[k] for k in METRICS}, "udr": row["udr"], "value": value,
+             "model_images": 2 * row["model_images"], "wall_s": row["wall_s"]} for row in rows]
 
 
 def model_selection_run(dataset: data.Dataset, budget: Budget, seed: int, device: str
@@ -160,19 +222,24 @@ def model_selection_run(dataset: data.Dataset, budget: Budget, seed: int, device
     """The beta-TCVAE grid, 2 VAEs per value, C / 12 images each; the best MIG on labels."""
     started = time.time()
     values = GRIDS["betatcvae"].values
-    members = [train_baseline(dataset, "betatcvae", value, seeds=2,
+    trained = [train_baseline(dataset, "betatcvae", value, seeds=2,
                               images=budget.model_images // (2 * len(values)), lr=1e-3,
                               seed=seed, device=device, eval_points=budget.eval_points,
-                              dci_mode=budget.dci_mode, udr_points=budget.udr_points)[0]
+                              dci_mode=budget.dci_mode, udr_points=budget.udr_points)
                for value in values]
+    members = [member for member, _ in trained]
     position, index, _ = select_by_labels(members, dataset, budget.labels, seed=seed)
     return {**_evaluate(members[position].model, index, dataset, budget, seed),
-            "udr": np.nan, "value": values[position], "model_images": budget.model_images,
+            "udr": np.nan, "value": values[position],
+            "model_images": sum(row["model_images"] for _, rows in trained for row in rows),
             "wall_s": time.time() - started}
 
 
-def methods(experiment: str, budget: Budget) -> dict[str, Callable[..., Any]]:
-    """Method name -> run(dataset, budget, seed, device) returning one row or a list of rows."""
+def methods(experiment: str, budget: Budget, seeds: int | None = None
+            ) -> dict[str, Callable[..., Any]]:
+    """Method name -> run(dataset, budget, seed, device) returning one row or a list of rows.
+    `seeds`: runs per method (default: the budget's), over which baseline values spread."""
+    seeds = seeds or budget.seeds
     if experiment == "fig1a":
         return {"PBT-S-VAE (MIG)": functools.partial(pbt_run, "mig"),
                 "PBT-S-VAE (DCI)": functools.partial(pbt_run, "dci")}
@@ -182,9 +249,12 @@ def methods(experiment: str, budget: Budget) -> dict[str, Callable[..., Any]]:
                 f"model selection ({budget.labels} labels)": model_selection_run,
                 "PBT-S-VAE": functools.partial(pbt_run, "mig")}
     if experiment == "fig4":
-        baselines = {name: functools.partial(baseline_run, name) for name in GRIDS}
-        return {**baselines, "PBT-U-VAE": functools.partial(pbt_run, "udr"),
+        baselines = {name: functools.partial(baseline_run, name, seeds=seeds) for name in GRIDS}
+        return {**baselines, "PBT-U-VAE": functools.partial(pbt_run, "udr"), "rPU-VAE": rpu_run,
                 "PBT-S-VAE": functools.partial(pbt_run, "mig")}
+    if experiment == "fig6":
+        return {f"rPU-VAE, {k} leaf-runs": functools.partial(rpu_run, leaf_runs=k)
+                for k in range(4)}
     raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
 
 
@@ -197,7 +267,7 @@ def replicate(experiments: list[str], budget_name: str, dataset_name: str, out: 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for experiment in experiments:
-        for method, run in methods(experiment, budget).items():
+        for method, run in methods(experiment, budget, seeds).items():
             for seed in range(seeds or budget.seeds):
                 result = run(dataset, budget, seed, device)
                 for row in result if isinstance(result, list) else [result]:

@@ -32,10 +32,14 @@ def _check_runs(table: pd.DataFrame, out: Path, experiments: list[str], seeds: i
         rows = table[table.experiment == experiment]
         names = list(replicate.methods(experiment, budget))
         assert list(dict.fromkeys(rows.method)) == names
-        for _, group in rows.groupby("method"):
+        for method, group in rows.groupby("method"):
             assert sorted(set(group.seed)) == list(range(seeds))
-            # Every method spends the same budget C per run.
-            assert (group.model_images == budget.model_images).all()
+            # Every method spends the same budget C per run (what it trained, counted where
+            # it trained): rPU-VAE at most C (its leaf-runs may stop early), the others C
+            # but for rounding.
+            assert (group.model_images <= budget.model_images).all()
+            if "rPU-VAE" not in method:
+                assert (group.model_images >= budget.model_images - 12).all()
         assert (out / f"{experiment}.png").stat().st_size > 0
     assert table[METRICS].notna().all().all()
     assert ((table[METRICS] >= 0) & (table[METRICS] <= 1)).all().all()
@@ -46,13 +50,27 @@ def _check_runs(table: pd.DataFrame, out: Path, experiments: list[str], seeds: i
 
 def test_budget_and_methods() -> None:
     smoke = replicate.BUDGETS["smoke"]
-    assert smoke.model_images == 4 * 2 * 2 * 200
+    assert smoke.model_images == 4 * 2 * 2 * 1000
     assert list(replicate.methods("fig4", smoke)) == [
         "betavae", "betatcvae", "annealedvae", "factorvae", "dipvae1", "dipvae2",
-        "PBT-U-VAE", "PBT-S-VAE"]
+        "PBT-U-VAE", "rPU-VAE", "PBT-S-VAE"]
+    assert len(replicate.methods("fig6", smoke)) == 4
+    # I_r fills C with every metaEpoch of K leaf-runs of D levels and the final run (whose first
+    # generation has twice the members), when nothing stops early.
+    for leaf_runs in range(4):
+        images = smoke.rpu_generation_images(leaf_runs)
+        slots = 1 * (1 + leaf_runs * 1) + 1 + 1
+        assert smoke.model_images - 8 * slots < 8 * slots * images <= smoke.model_images
     assert list(replicate.methods("fig1b", smoke))[1] == "model selection (100 labels)"
     with pytest.raises(ValueError, match="unknown experiment"):
         replicate.methods("fig9", smoke)
+
+
+def test_baseline_values_spread_over_the_grid() -> None:
+    betas = replicate.GRIDS["betavae"].values  # 1, 2, 4, 6, 8, 16
+    assert [replicate.grid_value("betavae", s, 2) for s in range(2)] == [betas[1], betas[4]]
+    assert [replicate.grid_value("betavae", s, 6) for s in range(6)] == list(betas)
+    assert [replicate.grid_value("betavae", s, 5) for s in range(5)] == [1, 2, 6, 8, 16]
 
 
 def test_summary_is_mean_and_std_per_method() -> None:
@@ -77,3 +95,8 @@ def test_smoke_every_experiment(tmp_path: Path) -> None:
     fig4 = table[table.experiment == "fig4"]
     assert fig4[fig4.method == "betavae"].shape[0] == 4
     assert fig4[fig4.method == "PBT-U-VAE"].shape[0] == 2
+    # rPU-VAE ran its x-run and, when it found labels, leaf-runs and the final run.
+    fig6 = table[table.experiment == "fig6"]
+    assert sorted(set(fig6.leaf_runs)) == [0, 1, 2, 3]
+    labelled = fig6[fig6.rpu_stop.isna()]
+    assert (labelled.metaepochs >= 1 + labelled.leaf_runs).all()
