@@ -225,7 +225,8 @@ def model_selection_run(dataset: data.Dataset, budget: Budget, seed: int, device
     trained = [train_baseline(dataset, "betatcvae", value, seeds=2,
                               images=budget.model_images // (2 * len(values)), lr=1e-3,
                               seed=seed, device=device, eval_points=budget.eval_points,
-                              dci_mode=budget.dci_mode, udr_points=budget.udr_points)
+                              dci_mode=budget.dci_mode, udr_points=budget.udr_points,
+                              evaluate=False)
                for value in values]
     members = [member for member, _ in trained]
     position, index, _ = select_by_labels(members, dataset, budget.labels, seed=seed)

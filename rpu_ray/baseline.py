@@ -14,13 +14,31 @@ the steps, as in the study.
 Model selection (the paper's Fig. 1b baseline): of a set of trained VAEs, the one with the best
 MIG on `labels` labelled images (a fixed random subset, drawn once for all candidates) is
 selected; its full evaluation is what the baseline reports.
+
+Semi-supervised training (the paper's other Fig. 1b baseline, Locatello, Tschannen et al., ICLR
+2020, "Disentangling Factors of Variation Using Few Labels"): `train_semi_supervised` trains the
+same objectives with gamma_sup times a supervised regulariser on `labels` labelled images added
+to every model's loss (`rpu_ray.models.supervised`, `rpu_ray.engine.LabelledSet`). The labelled
+images are the first `labels` of RandomState(seed).permutation(N), the very images on which
+`select_by_labels` and the semi-supervised PBT-S-VAE score models, so the three Fig. 1b methods
+see the same labels. disentanglement_lib draws its labelled points with their own seed instead
+and keeps 10 % of them for validation (`train_percentage = 0.9`); here all of them train, since
+the evaluation uses the ground truth of the whole data set anyway.
+
+gamma_sup: disentanglement_lib's semi-supervised test configuration uses 4 with the "xent"
+regulariser (`config/tests/methods/semi_supervised/train_test.gin`); that is our default,
+`GAMMA_SUP`. The study's own gamma_sup grid is not among disentanglement_lib's published
+configurations (google-research/disentanglement_lib has no semi-supervised study sweep), so
+`GAMMA_SUP_GRID` = {1, 4} is taken from a fork's sweep on the same code (jasonmhwu's
+`config/active_learning_study_v4/sweep.py`: {1, 4} for the semi-supervised beta-VAE and
+beta-TCVAE, {10, 50} for FactorVAE and DIP-VAE-I), not from the paper.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +49,22 @@ import torch
 
 from rpu_ray.config import EvalConfig
 from rpu_ray.data import Dataset
-from rpu_ray.engine import Member
+from rpu_ray.engine import LabelledSet, Member
 from rpu_ray.evaluation import encode_images, evaluate_model, evaluation_positions, score_udr
 from rpu_ray.metrics import mig
 from rpu_ray.models import LOSSES
 
-__all__ = ["GRIDS", "BaselineGrid", "run_baselines", "select_by_labels", "train_baseline"]
+__all__ = [
+    "GAMMA_SUP",
+    "GAMMA_SUP_GRID",
+    "GRIDS",
+    "SEMI_SUPERVISED_MODELS",
+    "BaselineGrid",
+    "run_baselines",
+    "select_by_labels",
+    "train_baseline",
+    "train_semi_supervised",
+]
 
 
 @dataclass(frozen=True)
@@ -79,7 +107,7 @@ def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, image
                    z_dim: int = 10, seed: int = 0, device: str | torch.device = "cpu",
                    eval_points: tuple[int, int, int] = (10_000, 10_000, 5_000),
                    dci_mode: str = "exact", udr_points: int = 1000,
-                   progress: Callable[[str], None] | None = None
+                   progress: Callable[[str], None] | None = None, evaluate: bool = True
                    ) -> tuple[Member, list[dict[str, Any]]]:
     """Trains and evaluates one baseline setting; returns the member and one row per seed.
 
@@ -91,6 +119,8 @@ def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, image
       images: training images per VAE.
       eval_points: MIG points, DCI/SAP train and test points (`evaluate_model`).
       progress: called with a line after every tenth of the budget.
+      evaluate: False leaves the ground-truth metrics NaN (UDR is still computed), for callers
+        that evaluate only some of the VAEs (model selection).
 
     Each row: model, hparam, value, seed, mig, dci_disentanglement, dci_completeness,
     dci_informativeness_test, sap, udr, model_images, wall_s, diverged.
@@ -104,23 +134,48 @@ def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, image
     grid = GRIDS[model]
     started = time.time()
     all_images = dataset.all_images()
-    factors = dataset.all_factors()
+    member = Member({"lr": lr, "batch_size": batch_size,
+                     **_objective_hyperparameters(grid, value, images, batch_size)},
+                    num_models=seeds, image_shape=all_images.shape[1:], z_dim=z_dim, arch=arch,
+                    loss=grid.loss, seed=seed, device=device)
+    tensor = torch.from_numpy(np.ascontiguousarray(all_images)).to(device)
+    rows = _train_and_evaluate(member, dataset, tensor, images, f"{model} {grid.name}={value:g}",
+                               {"model": model, "hparam": grid.name, "value": float(value)},
+                               seed=seed, eval_points=eval_points, dci_mode=dci_mode,
+                               udr_points=udr_points, progress=progress, started=started,
+                               evaluate=evaluate)
+    return member, rows
+
+
+def _objective_hyperparameters(grid: BaselineGrid, value: float, images: int, batch_size: int
+                               ) -> dict[str, float]:
+    """The objective's hyperparameters of one baseline setting (defaults, then the sweep)."""
     hyperparameters = {**LOSSES[grid.loss].defaults, **grid.hyperparameters(value)}
     if "iteration_threshold" in hyperparameters:
         # AnnealedVAE's capacity reaches c_max after a third of the training, as in the study
         # (100,000 of 300,000 steps), whatever the budget.
         hyperparameters["iteration_threshold"] = max(1, images // batch_size // 3)
-    member = Member({"lr": lr, "batch_size": batch_size, **hyperparameters},
-                    num_models=seeds, image_shape=all_images.shape[1:], z_dim=z_dim, arch=arch,
-                    loss=grid.loss, seed=seed, device=device)
-    tensor = torch.from_numpy(np.ascontiguousarray(all_images)).to(device)
+    return hyperparameters
+
+
+def _train_and_evaluate(member: Member, dataset: Dataset, tensor: torch.Tensor, images: int,
+                        name: str, row: dict[str, Any], *, seed: int,
+                        eval_points: tuple[int, int, int], dci_mode: str, udr_points: int,
+                        progress: Callable[[str], None] | None, started: float,
+                        labelled: LabelledSet | None = None, evaluate: bool = True
+                        ) -> list[dict[str, Any]]:
+    """Trains `member` on `images` images in tenths, then evaluates each VAE (one row each:
+    `row`, then seed and the metrics of `train_baseline`; NaN without `evaluate`)."""
+    seeds = member.num_models
+    all_images = dataset.all_images()
+    factors = dataset.all_factors()
     diverged, done = False, 0
     for chunk in np.diff(np.linspace(0, images, 11).astype(int)):
-        stats = member.train(tensor, int(chunk))
+        stats = member.train(tensor, int(chunk), labelled)
         done += int(chunk)
         diverged = diverged or bool(stats["diverged"])
         if progress is not None:
-            progress(f"{model} {grid.name}={value:g}: {done}/{images} images, loss "
+            progress(f"{name}: {done}/{images} images, loss "
                      f"{np.mean(stats['loss']):.1f}" + (" (diverged)" if diverged else ""))
         if diverged:
             break
@@ -129,12 +184,12 @@ def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, image
     mig_points, dci_train, dci_test = eval_points
     rows = []
     for index in range(seeds):
-        metrics = ({} if diverged else evaluate_model(
+        metrics = ({} if diverged or not evaluate else evaluate_model(
             member.model, all_images, factors, seed=seed, mig_points=mig_points,
             dci_train=dci_train, dci_test=dci_test, dci_mode=dci_mode, model_index=index))
         dci_scores = metrics.get("dci", {})
         rows.append({
-            "model": model, "hparam": grid.name, "value": float(value), "seed": index,
+            **row, "seed": index,
             "mig": metrics.get("mig", np.nan),
             "dci_disentanglement": dci_scores.get("disentanglement", np.nan),
             "dci_completeness": dci_scores.get("completeness", np.nan),
@@ -142,6 +197,74 @@ def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, image
             "sap": metrics.get("sap", np.nan), "udr": float(udr_scores[index]),
             "model_images": done, "wall_s": time.time() - started, "diverged": diverged,
         })
+    return rows
+
+
+# The unsupervised objectives of which disentanglement_lib has a semi-supervised version
+# (S2BetaVAE, S2BetaTCVAE, S2FactorVAE, S2DIPVAE types i and ii).
+SEMI_SUPERVISED_MODELS: tuple[str, ...] = ("betavae", "betatcvae", "factorvae", "dipvae1",
+                                           "dipvae2")
+GAMMA_SUP = 4.0
+GAMMA_SUP_GRID: tuple[float, ...] = (1.0, 4.0)
+
+
+def train_semi_supervised(dataset: Dataset, model: str, value: float, seeds: int, images: int,
+                          *, labels: int = 1000, gamma_sup: float = GAMMA_SUP,
+                          supervision: str = "xent", factors: Sequence[int] | None = None,
+                          lr: float = 1e-4, batch_size: int = 64, arch: str = "authors",
+                          z_dim: int = 10, seed: int = 0, device: str | torch.device = "cpu",
+                          eval_points: tuple[int, int, int] = (10_000, 10_000, 5_000),
+                          dci_mode: str = "exact", udr_points: int = 1000,
+                          progress: Callable[[str], None] | None = None
+                          ) -> tuple[Member, list[dict[str, Any]]]:
+    """Locatello et al. (2020)'s semi-supervised VAE: `train_baseline` plus gamma_sup * R_s on
+    `labels` labelled images; returns the member and one row per seed.
+
+    Args:
+      dataset: images with factors (the labelled ones and the evaluation use them).
+      model: one of `SEMI_SUPERVISED_MODELS` (the unsupervised part); value: its swept
+        hyperparameter (`GRIDS[model].name`, e.g. beta).
+      seeds, images, lr, batch_size, arch, z_dim, seed, device, eval_points, dci_mode,
+        udr_points, progress: as `train_baseline` (images: unlabelled training images per VAE).
+      labels: labelled images, the first `labels` of RandomState(seed).permutation(N) (as
+        `select_by_labels`); at least 2. 1000 by default, as in the rPU-VAE paper's Fig. 1b.
+      gamma_sup: weight of the supervised regulariser (default `GAMMA_SUP`).
+      supervision: the regulariser R_s (`rpu_ray.models.supervised.SUPERVISED_LOSSES`); "xent",
+        the one of disentanglement_lib's semi-supervised configuration, by default.
+      factors: the labelled factors (columns of the data set's factors), supervising latents
+        0..len(factors)-1 in that order; default all (disentanglement_lib's perfect labeller).
+
+    Each row: the columns of `train_baseline` plus labels, gamma_sup and supervision.
+    """
+    if model not in SEMI_SUPERVISED_MODELS:
+        raise ValueError(f"no semi-supervised version of {model!r}; known: "
+                         f"{', '.join(SEMI_SUPERVISED_MODELS)}")
+    if seeds < 2:
+        raise ValueError(f"seeds must be >= 2 (UDR compares the seeds), got {seeds}")
+    if not dataset.has_factors:
+        raise ValueError(f"{dataset.source} has no ground-truth factors to learn from")
+    if labels < 2:
+        raise ValueError(f"labels must be >= 2, got {labels}")
+    columns = list(range(len(dataset.factor_sizes)) if factors is None else factors)
+    grid = GRIDS[model]
+    started = time.time()
+    all_images = dataset.all_images()
+    positions = evaluation_positions(len(dataset), labels, seed)
+    labelled = LabelledSet.from_arrays(all_images[positions],
+                                       dataset.all_factors()[positions][:, columns],
+                                       [dataset.factor_sizes[c] for c in columns], device)
+    member = Member({"lr": lr, "batch_size": batch_size, "gamma_sup": gamma_sup,
+                     **_objective_hyperparameters(grid, value, images, batch_size)},
+                    num_models=seeds, image_shape=all_images.shape[1:], z_dim=z_dim, arch=arch,
+                    loss=grid.loss, seed=seed, device=device, supervision=supervision)
+    tensor = torch.from_numpy(np.ascontiguousarray(all_images)).to(device)
+    row = {"model": model, "hparam": grid.name, "value": float(value), "labels": len(labelled),
+           "gamma_sup": float(gamma_sup), "supervision": supervision}
+    rows = _train_and_evaluate(member, dataset, tensor, images,
+                               f"s2 {model} {grid.name}={value:g} gamma_sup={gamma_sup:g}", row,
+                               seed=seed, eval_points=eval_points, dci_mode=dci_mode,
+                               udr_points=udr_points, progress=progress, started=started,
+                               labelled=labelled)
     return member, rows
 
 

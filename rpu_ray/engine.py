@@ -18,6 +18,17 @@ the budget, which ends one image short when only one would remain (the authors r
 by one then). Size-1 batches never occur: BatchNorm cannot train on them and the minibatch TC
 estimator degenerates; this holds for every architecture.
 
+Few labels (Locatello et al. 2020, `rpu_ray.models.supervised`): a member built with
+`supervision` (the regulariser R_s) and trained with a `LabelledSet` adds gamma_sup * R_s to every
+model's loss. Each step then also draws a labelled minibatch from the member's generator, after
+the step's noise: min(unlabelled batch size, L) of the L labelled images, without replacement. Its
+posterior means come from a second encoder pass in training mode, so BatchNorm normalises the
+labelled batch with its own statistics, as disentanglement_lib's `BaseS2VAE` encodes the two
+batches separately. (disentanglement_lib cycles through the labelled set in one fixed order and
+pads a batch larger than L with repeats; drawing a fresh subset per step needs no position to be
+saved between generations.) Without a `LabelledSet`, nothing of this happens: the member draws
+the same random numbers and computes the same loss as one built without `supervision`.
+
 Divergence: a NaN or Inf loss marks the generation as diverged and ends it (the weights are then
 not finite either; PBT replaces the member). Losses are accumulated on the device and checked
 every `nan_check_every` steps, so the training loop does not synchronise with the device on every
@@ -28,15 +39,100 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from rpu_ray.models import LossOutput, VAEEnsemble, make_loss
+from rpu_ray.models import LossOutput, VAEEnsemble, VAELoss, make_loss
+from rpu_ray.models.supervised import SupervisedRegulariser
 
-__all__ = ["Member"]
+__all__ = ["LabelledSet", "Member", "step_loss"]
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledSet:
+    """The few labelled images of semi-supervised training, on the member's device.
+
+    Kept apart from the unlabelled training set (as disentanglement_lib's labelled data set is):
+    the unlabelled passes, the budget and the TC estimator's N stay those of `images`.
+
+    Attributes:
+      images: uint8 (L, C, H, W), L >= 2 (BatchNorm needs two images per batch).
+      labels: integer (L, F) factor class indices; the first F latents are supervised.
+      factor_sizes: (F,) number of classes of every factor (labels are normalised by them).
+    """
+
+    images: Tensor
+    labels: Tensor
+    factor_sizes: Tensor
+
+    def __post_init__(self) -> None:
+        count = self.images.shape[0]
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or count < 2:
+            raise ValueError(f"labelled images must be uint8 (L, C, H, W) with L >= 2, got "
+                             f"{self.images.dtype} {tuple(self.images.shape)}")
+        if (self.labels.dim() != 2 or self.labels.shape[0] != count
+                or self.labels.dtype.is_floating_point):
+            raise ValueError(f"labels must be integer (L, F) for L = {count} images, got "
+                             f"{self.labels.dtype} {tuple(self.labels.shape)}")
+        if self.factor_sizes.shape != (self.labels.shape[1],) or bool(
+                (self.factor_sizes < 1).any()):
+            raise ValueError(f"factor_sizes must be {self.labels.shape[1]} positive counts, "
+                             f"got {self.factor_sizes.tolist()}")
+        if self.labels.numel() and bool(
+                ((self.labels < 0) | (self.labels >= self.factor_sizes)).any()):
+            raise ValueError("labels must be class indices 0..factor_size-1")
+
+    @classmethod
+    def from_arrays(cls, images: np.ndarray | Tensor, labels: np.ndarray | Tensor,
+                    factor_sizes: Sequence[int], device: str | torch.device = "cpu"
+                    ) -> LabelledSet:
+        """A labelled set on `device` from host arrays (uint8 images, integer labels)."""
+        return cls(torch.as_tensor(np.ascontiguousarray(images)).to(device),
+                   torch.as_tensor(np.asarray(labels), dtype=torch.long).to(device),
+                   torch.as_tensor(list(factor_sizes), dtype=torch.float32).to(device))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def step_loss(
+    model: VAEEnsemble,
+    loss_fn: VAELoss,
+    x: Tensor,
+    eps: Tensor,
+    hparams: Mapping[str, float],
+    dataset_size: int,
+    *,
+    supervised: SupervisedRegulariser | None = None,
+    x_labelled: Tensor | None = None,
+    labels: Tensor | None = None,
+    factor_sizes: Tensor | None = None,
+    bf16: bool = False,
+) -> LossOutput:
+    """The per-model loss (M,) of one step, before backward: what `Member.train_step` minimises.
+
+    The objective's loss on the batch `x` (images in [0, 1], noise `eps` (M, B, z)); with a
+    labelled batch (`x_labelled` (L, C, H, W) in [0, 1], `labels` (L, F) float class indices,
+    `factor_sizes` (F,)) plus hparams["gamma_sup"] * `supervised`(posterior means of
+    `x_labelled`), Locatello et al.'s Eq. 2, logged as the term "supervised". Kept as a function of
+    the model so that a fused ensemble can be checked against its models one by one.
+    """
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(x, eps)
+        mu_labelled = None if x_labelled is None else model.encode(x_labelled)[0]
+    out = out._make(t.float() for t in out)
+    result = loss_fn(x, out, hparams, dataset_size)
+    if mu_labelled is None:
+        return result
+    if supervised is None or labels is None or factor_sizes is None:
+        raise ValueError("a labelled batch needs the regulariser, its labels and factor sizes")
+    penalty = supervised(mu_labelled.float(), labels, factor_sizes)
+    return LossOutput(result.loss + hparams["gamma_sup"] * penalty,
+                      {**result.terms, "supervised": penalty.detach()})
 
 
 class Member:
@@ -56,6 +152,11 @@ class Member:
       bf16: bfloat16 autocast for the model's forward (the objective is always float32).
       channels_last: channels-last memory format for the model and the batches (for CUDA).
       nan_check_every: optimiser steps between checks for a non-finite loss.
+      supervision: a supervised regulariser (`rpu_ray.models.supervised.SUPERVISED_LOSSES`, e.g.
+        "xent") for semi-supervised training with a `LabelledSet`; it adds the hyperparameter
+        "gamma_sup" (its weight), its own parameters if any (the "l2" scale, trained by the
+        member's Adam) and an entry "supervision" to `config`. None: an unsupervised member,
+        exactly as before.
     """
 
     def __init__(
@@ -72,6 +173,7 @@ class Member:
         bf16: bool = False,
         channels_last: bool = False,
         nan_check_every: int = 100,
+        supervision: str | None = None,
     ) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
@@ -86,16 +188,23 @@ class Member:
             torch.manual_seed(init_seed)
             model = VAEEnsemble(num_models, image_shape, z_dim, arch)
             loss_fn = make_loss(loss, num_models, z_dim)
-        self._hparam_names = ("lr", "batch_size", *loss_fn.hyperparameters)
+            supervised = (None if supervision is None
+                          else SupervisedRegulariser(num_models, supervision))
+        self._hparam_names = ("lr", "batch_size", *loss_fn.hyperparameters,
+                              *(() if supervised is None else ("gamma_sup",)))
         missing = set(self._hparam_names) - set(hyperparameters)
         if missing:
             raise ValueError(f"missing hyperparameters {sorted(missing)} for loss {loss!r}")
         self.loss_fn = loss_fn.to(self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
+        self.supervised = None if supervised is None else supervised.to(self.device)
+        parameters = list(self.model.parameters())
+        if self.supervised is not None:
+            parameters += list(self.supervised.parameters())
         # The fused (single-kernel) Adam implementation on CUDA: the same update, fewer launches.
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(),
+            parameters,
             lr=float(hyperparameters["lr"]),
             fused=self.device.type == "cuda",
         )
@@ -111,6 +220,8 @@ class Member:
             "arch": arch,
             "loss": loss,
         }
+        if supervision is not None:
+            self.config["supervision"] = supervision
         self.total_steps = 0
         self.total_images = 0
         self._hparams: dict[str, float] = {}
@@ -151,7 +262,8 @@ class Member:
         [2, num_images] (BatchNorm and the TC estimator need two images)."""
         return max(2, min(int(self._hparams["batch_size"]), num_images))
 
-    def train_step(self, images: Tensor, index: Tensor) -> LossOutput:
+    def train_step(self, images: Tensor, index: Tensor,
+                   labelled: LabelledSet | None = None) -> LossOutput:
         """One optimiser step of all M models on one batch: gather, forward, backward, Adam.
 
         Kept as one method so that it can later be captured whole in a CUDA graph.
@@ -159,6 +271,8 @@ class Member:
         Args:
           images: (N, C, H, W) uint8 training set on the device; N enters the TC estimator.
           index: (B,) indices of the batch's images.
+          labelled: draw a labelled batch of min(B, L) images too and add the supervised term
+            (see the module docstring); needs a member built with `supervision`.
 
         Returns:
           The detached per-model loss (M,) and logging terms.
@@ -169,22 +283,36 @@ class Member:
             generator=self.generator,
             device=self.device,
         )
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.model(x, eps)
-        out = out._make(t.float() for t in out)
-        result = self.loss_fn(x, out, self._hparams, images.shape[0])
+        supervision: dict[str, Any] = {}
+        if labelled is not None:
+            pick = torch.randperm(len(labelled), generator=self.generator,
+                                  device=self.device)[: min(x.shape[0], len(labelled))]
+            supervision = {
+                "supervised": self.supervised,
+                "x_labelled": labelled.images[pick].to(memory_format=self.memory_format)
+                .float().div_(255),
+                "labels": labelled.labels[pick].float(),
+                "factor_sizes": labelled.factor_sizes,
+            }
+        result = step_loss(self.model, self.loss_fn, x, eps, self._hparams, images.shape[0],
+                           bf16=self.bf16, **supervision)
         self.optimizer.zero_grad(set_to_none=True)
         result.loss.sum().backward()
         self.optimizer.step()
         self.loss_fn.after_step()
         return LossOutput(result.loss.detach(), result.terms)
 
-    def train(self, images: Tensor, budget_images: int) -> dict[str, Any]:
+    def train(self, images: Tensor, budget_images: int,
+              labelled: LabelledSet | None = None) -> dict[str, Any]:
         """Trains one generation: `budget_images` images (see the module docstring).
 
         Args:
           images: (N, C, H, W) uint8 tensor on the member's device, values 0..255, N >= 2.
           budget_images: images to train on (each seen by all M models), at least 2.
+          labelled: the few labelled images (semi-supervised training, Locatello et al. 2020),
+            on the member's device; needs a member built with `supervision`. The budget counts
+            the unlabelled images only; the result gets the term "supervised" (sum of R_s over
+            each labelled batch, image-weighted like the others).
 
         Returns:
           A dict with per-model lists (length M) of the image-weighted mean "loss" and of every
@@ -198,6 +326,8 @@ class Member:
             raise ValueError(f"need at least 2 images to train on, got {num_images}")
         if budget_images < 2:
             raise ValueError(f"budget_images must be at least 2, got {budget_images}")
+        if labelled is not None:
+            self._check_labelled(labelled)
         batch_size = self.batch_size_for(num_images)
         self.model.train()
         start = time.perf_counter()
@@ -206,7 +336,8 @@ class Member:
         seen = steps = 0
         diverged = False
         for index in self._batches(num_images, batch_size, budget_images):
-            result = self.train_step(images, index)
+            result = (self.train_step(images, index) if labelled is None
+                      else self.train_step(images, index, labelled))
             stacked = torch.stack([result.loss, *result.terms.values()])
             if sums is None:
                 names, sums = ["loss", *result.terms], torch.zeros_like(stacked)
@@ -289,6 +420,8 @@ class Member:
             "generator": self.generator.get_state(),
             "total_steps": self.total_steps,
             "total_images": self.total_images,
+            # Only with supervision: an unsupervised member's state is what it always was.
+            **({} if self.supervised is None else {"supervised": self.supervised.state_dict()}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -302,11 +435,27 @@ class Member:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.loss_fn.load_state_dict(state["loss"])
+        if self.supervised is not None:
+            self.supervised.load_state_dict(state["supervised"])
         self.generator.set_state(state["generator"].cpu())
         self.total_steps = int(state["total_steps"])
         self.total_images = int(state["total_images"])
         self._hparams = {}
         self.set_hyperparameters(**state["hyperparameters"])
+
+    def _check_labelled(self, labelled: LabelledSet) -> None:
+        """Validates a labelled set against this member (device, image shape, latents)."""
+        if self.supervised is None:
+            raise ValueError("training with labelled images needs a member built with "
+                             "`supervision` (e.g. 'xent')")
+        self._check_images(labelled.images)
+        tensors = (labelled.images, labelled.labels, labelled.factor_sizes)
+        if any(t.device != self.device for t in tensors):
+            raise ValueError(f"the labelled set must be on the member's device {self.device}")
+        factors = labelled.labels.shape[1]
+        if self.supervised.kind != "cov" and factors > self.model.z_dim:
+            raise ValueError(f"{factors} labelled factors need at least as many latents, the "
+                             f"member has {self.model.z_dim}")
 
     def _check_images(self, images: Tensor) -> int:
         """Validates a uint8 (N, C, H, W) image tensor and returns N."""

@@ -14,6 +14,7 @@ from rpu_ray.models.losses import (
     make_loss,
     register_loss,
 )
+from rpu_ray.models.supervised import SUPERVISED_LOSSES, SupervisedRegulariser
 from rpu_ray.models.vae import (
     ARCHITECTURES,
     VAE,
@@ -26,6 +27,7 @@ from rpu_ray.models.vae import (
 __all__ = [
     "ARCHITECTURES",
     "LOSSES",
+    "SUPERVISED_LOSSES",
     "VAE",
     "AnnealedVAELoss",
     "BetaTCVAELoss",
@@ -35,6 +37,7 @@ __all__ = [
     "ELBOLoss",
     "FactorVAELoss",
     "LossOutput",
+    "SupervisedRegulariser",
     "VAEEnsemble",
     "VAELoss",
     "VAEOutput",
