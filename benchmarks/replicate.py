@@ -5,7 +5,8 @@ model-images per run, i.e. per final model):
 
   fig1a  PBT-S-VAE scored by MIG vs scored by DCI disentanglement (Fig. 1a);
   fig1b  semi-supervised PBT-S-VAE on `labels` labelled images vs model selection by MIG on the
-         same number of labels vs supervised PBT-S-VAE (Fig. 1b);
+         same number of labels vs Locatello et al.'s semi-supervised beta-TCVAE on the same
+         labels vs supervised PBT-S-VAE (Fig. 1b);
   fig4   the unsupervised baselines of Locatello et al. (beta-VAE, beta-TCVAE, AnnealedVAE,
          FactorVAE, DIP-VAE-I/II) vs PBT-U-VAE (UDR) vs rPU-VAE vs supervised PBT-S-VAE
          (Fig. 4);
@@ -35,7 +36,9 @@ x 2 VAEs) for C / 12 images each and keeps the VAE with the best MIG on `labels`
 final model is evaluated with the paper's protocol (MIG, DCI, SAP;
 `rpu_ray.evaluation.evaluate_model`).
 
-Not yet here: Locatello et al.'s semi-supervised loss (Fig. 1b).
+Locatello et al.'s semi-supervised baseline (`rpu_ray.baseline.train_semi_supervised`) is a
+baseline run of beta-TCVAE with gamma_sup = 4 times the "xent" regulariser on the same `labels`
+labelled images as the other Fig. 1b methods.
 
 Outputs in --out: runs.csv (one row per final model: experiment, method, dataset, seed, budget,
 mig, dci_*, sap, udr, wall_s, model_images), summary.md (mean and std per method) and one box
@@ -63,7 +66,7 @@ import pandas as pd
 import torch
 
 from rpu_ray import data
-from rpu_ray.baseline import GRIDS, select_by_labels, train_baseline
+from rpu_ray.baseline import GRIDS, select_by_labels, train_baseline, train_semi_supervised
 from rpu_ray.config import ExperimentConfig, load_config
 from rpu_ray.driver import LocalExecutor, RPUDriver
 from rpu_ray.driver import model_images as driver_model_images
@@ -206,12 +209,15 @@ def grid_value(model: str, seed: int, seeds: int) -> float:
 
 
 def baseline_run(model: str, dataset: data.Dataset, budget: Budget, seed: int, device: str,
-                 seeds: int = 1) -> list[dict[str, Any]]:
-    """Two VAEs of one hyperparameter value (`grid_value`), C / 2 images each."""
+                 seeds: int = 1, semi_supervised: bool = False) -> list[dict[str, Any]]:
+    """Two VAEs of one hyperparameter value (`grid_value`), C / 2 images each; with
+    `semi_supervised`, Locatello et al.'s semi-supervised version on `budget.labels` labels."""
     value = grid_value(model, seed, seeds)
-    _, rows = train_baseline(dataset, model, value, seeds=2, images=budget.model_images // 2,
-                             lr=1e-3, seed=seed, device=device, eval_points=budget.eval_points,
-                             dci_mode=budget.dci_mode, udr_points=budget.udr_points)
+    options = {"seeds": 2, "images": budget.model_images // 2, "lr": 1e-3, "seed": seed,
+               "device": device, "eval_points": budget.eval_points, "dci_mode": budget.dci_mode,
+               "udr_points": budget.udr_points}
+    _, rows = (train_semi_supervised(dataset, model, value, labels=budget.labels, **options)
+               if semi_supervised else train_baseline(dataset, model, value, **options))
     # train_baseline evaluates each VAE as `_evaluate` does (same seed, points and mode).
     return [{**{k: row[k] for k in METRICS}, "udr": row["udr"], "value": value,
              "model_images": 2 * row["model_images"], "wall_s": row["wall_s"]} for row in rows]
@@ -248,6 +254,8 @@ def methods(experiment: str, budget: Budget, seeds: int | None = None
         return {f"{budget.labels}-PBT-S-VAE": functools.partial(pbt_run, "mig",
                                                                 labels=budget.labels),
                 f"model selection ({budget.labels} labels)": model_selection_run,
+                f"Locatello et al. ({budget.labels} labels)": functools.partial(
+                    baseline_run, "betatcvae", seeds=seeds, semi_supervised=True),
                 "PBT-S-VAE": functools.partial(pbt_run, "mig")}
     if experiment == "fig4":
         baselines = {name: functools.partial(baseline_run, name, seeds=seeds) for name in GRIDS}
