@@ -256,18 +256,37 @@ def test_factor_vae_tc_is_zero_for_equal_logits_and_only_the_vae_gets_gradients(
     assert z.grad is not None and z.grad.abs().min() > 0
 
 
+def test_factor_vae_discriminator_probabilities_are_clipped() -> None:
+    # A saturated discriminator (logit 0 ahead by 40 for every input): p0 = 1 - 4e-18 and
+    # p1 = 4e-18 unclipped; disentanglement_lib clips both into [1e-6, 1 - 1e-6].
+    loss_fn = _small_factor_vae()
+    with torch.no_grad():
+        loss_fn.discriminator.weights[-1].zero_()
+        loss_fn.discriminator.biases[-1][..., 0] = 40.0
+        loss_fn.discriminator.biases[-1][..., 1] = 0.0
+    _, out = _correlated_output()
+    loss = loss_fn.discriminator_loss(out.z, out.z.flip(1))
+    expected = -0.5 * (math.log(1 - 1e-6) + math.log(1e-6))  # 6.9, not 20 unclipped
+    torch.testing.assert_close(loss, torch.full((2,), expected), rtol=1e-5, atol=0)
+    loss.sum().backward()  # no gradient where the clip holds: saturation stops sharpening
+    assert all(p.grad is None or p.grad.abs().max() == 0
+               for p in loss_fn.discriminator.parameters())
+
+
 def test_factor_vae_after_step_trains_the_discriminator() -> None:
     loss_fn = _small_factor_vae()
     x, out = _correlated_output()
     shuffled = shuffle_codes(out.z, torch.Generator().manual_seed(2))
     with pytest.raises(RuntimeError, match="forward"):
         loss_fn.after_step()
-    # disentanglement_lib's discriminator loss, -(0.5 mean log p0(z) + 0.5 mean log p1(shuffled)).
+    # disentanglement_lib's discriminator loss, -(0.5 mean log p0(z) + 0.5 mean log p1(shuffled)),
+    # of the probabilities clipped to [1e-6, 1 - 1e-6] (make_discriminator).
     for m in range(2):
         layers = [(w[m], b[m, 0]) for w, b in
                   zip(loss_fn.discriminator.weights, loss_fn.discriminator.biases, strict=True)]
-        probs_z = F.softmax(_dlib_discriminator(out.z[m], layers), dim=1)
-        probs_shuffle = F.softmax(_dlib_discriminator(shuffled[m], layers), dim=1)
+        probs_z = F.softmax(_dlib_discriminator(out.z[m], layers), dim=1).clamp(1e-6, 1 - 1e-6)
+        probs_shuffle = F.softmax(_dlib_discriminator(shuffled[m], layers),
+                                  dim=1).clamp(1e-6, 1 - 1e-6)
         expected = -(0.5 * torch.log(probs_z[:, 0]).mean()
                      + 0.5 * torch.log(probs_shuffle[:, 1]).mean())
         torch.testing.assert_close(loss_fn.discriminator_loss(out.z, shuffled)[m], expected)

@@ -489,6 +489,10 @@ class FusedMLP(nn.Module):
 _DISCRIMINATOR_ADAM: dict[str, Any] = {"lr": 1e-4, "betas": (0.5, 0.9), "eps": 1e-8}
 
 
+# Discriminator probabilities are clipped to [clip, 1 - clip] (disentanglement_lib).
+_PROBABILITY_CLIP = 1e-6
+
+
 @register_loss("factorvae")
 class FactorVAELoss(VAELoss):
     """FactorVAE (Kim & Mnih 2018, Eq. 2) as disentanglement_lib: recon + KL + gamma * TC.
@@ -539,13 +543,17 @@ class FactorVAELoss(VAELoss):
         return LossOutput(recon + kl + hparams["gamma"] * tc, terms)
 
     def discriminator_loss(self, codes: Tensor, shuffled: Tensor) -> Tensor:
-        """Per-model (M,) cross-entropy 0.5 * (CE(codes, 0) + CE(shuffled, 1)), batch means.
+        """Per-model (M,) cross-entropy 0.5 * (CE(codes, 0) + CE(shuffled, 1)), batch means, of
+        the clipped probabilities.
 
         Args:
           codes: (M, B, z) samples of q(z); shuffled: (M, B', z) samples of the marginals.
         """
         logits = self.discriminator(torch.cat([codes, shuffled], dim=1))
-        log_probs = F.log_softmax(logits, dim=-1)
+        # disentanglement_lib's make_discriminator clips the probabilities to [1e-6, 1 - 1e-6]
+        # (no gradient beyond): a saturated discriminator stops sharpening.
+        log_probs = torch.log(F.softmax(logits, dim=-1).clamp(_PROBABILITY_CLIP,
+                                                              1 - _PROBABILITY_CLIP))
         batch = codes.shape[1]
         return -0.5 * (log_probs[:, :batch, 0].mean(1) + log_probs[:, batch:, 1].mean(1))
 
