@@ -302,6 +302,19 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def read_events(directory: Path, kind: str | None = None) -> list[dict[str, Any]]:
     """The events of `directory/events.jsonl` (a run, a metaEpoch or the final run), all or
-    only those of one kind ("generation", "exploit", "metaepoch_done", ...)."""
-    events = read_jsonl(Path(directory) / "events.jsonl")
-    return [e for e in events if kind is None or e.get("event") == kind]
+    only those of one kind ("generation", "exploit", "metaepoch_done", ...).
+
+    A generation redone after a restore (Tune's saved state predates some of its results) logs
+    its summary and decisions again: the later line replaces the earlier one (one summary per
+    generation, one decision per member and generation), in the later one's place.
+    """
+    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for position, event in enumerate(read_jsonl(Path(directory) / "events.jsonl")):
+        name = event.get("event")
+        key: tuple[Any, ...] = (
+            (name, event.get("generation")) if name == "generation" else
+            (name, event.get("generation"), event.get("member")) if name == "exploit" else
+            (position,))
+        latest.pop(key, None)
+        latest[key] = event
+    return [e for e in latest.values() if kind is None or e.get("event") == kind]

@@ -20,7 +20,7 @@ from PIL import Image
 from rpu_ray import data
 from rpu_ray.config import dump_config, load_config
 from rpu_ray.data import Dataset
-from rpu_ray.experiment import ExperimentDirError
+from rpu_ray.experiment import ExperimentDirError, read_events
 from rpu_ray.export import export_vae, load_vae
 from rpu_ray.labels import LabelLevel, LeafRunLabels
 from rpu_ray.models import VAEEnsemble
@@ -346,3 +346,23 @@ def test_report_names_the_objective_and_its_fixed_constants(tmp_path, dataset) -
     dump_config(config, out / "config.yaml")
     md, _ = write_report(out, dataset)
     assert "loss factorvae, gamma 20 |" in md.read_text()
+
+
+def test_a_generation_redone_after_a_restore_counts_once(tmp_path) -> None:
+    events = [{"event": "generation", "generation": 0, "best_score": 0.1},
+              {"event": "exploit", "generation": 0, "member": "3", "donor": "1"},
+              {"event": "generation", "generation": 1, "best_score": 0.2},
+              {"event": "exploit", "generation": 1, "member": "2", "donor": "0"},
+              {"event": "metaepoch_started", "key": "x"},
+              # restored from the checkpoints of generation 0: generation 1 again
+              {"event": "generation", "generation": 1, "best_score": 0.25},
+              {"event": "exploit", "generation": 1, "member": "2", "donor": "1"},
+              {"event": "metaepoch_started", "key": "x"},
+              {"event": "generation", "generation": 2, "best_score": 0.3}]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    generations = read_events(tmp_path, "generation")
+    assert [(g["generation"], g["best_score"]) for g in generations] == [
+        (0, 0.1), (1, 0.25), (2, 0.3)]
+    decisions = read_events(tmp_path, "exploit")
+    assert [(d["generation"], d["donor"]) for d in decisions] == [(0, "1"), (1, "1")]
+    assert len(read_events(tmp_path)) == 7  # other events are all kept
