@@ -129,6 +129,8 @@ class LocalPBTResult:
       stop_reason: why the run stopped ("below_min_score", "converged", "max_generations").
       model_images: images trained on, summed over all VAEs of all members.
       seconds: wall time of the run.
+      results: one dict per member and generation (generation, training_iteration, member,
+        score, diverged, images_seen and the member's hyperparameters), as results.csv.
     """
 
     generations: list[dict[str, Any]]
@@ -153,10 +155,12 @@ def run_local_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, run
 
     The same rules as `rpu-ray pbt` (`schedulers.generational_pbt`): members trained for
     `train.generation_images` per generation, scored by `mode`, then the generation's stop rules,
-    the big-initial-population cut after generation 0, and exploit/explore. Decisions and
-    initial hyperparameters are drawn from the same seeds as the Ray executor's, so both start
-    from the same population; their members differ only in data order (Tune's clones reseed
-    from the same `clone_seed`, but train in parallel).
+    the big-initial-population cut after generation 0, and exploit/explore. Initial
+    hyperparameters, member seeds, decisions and clone seeds come from the same seeds as the Ray
+    executor's, so both start from the same population and follow the same rules (whether the
+    two give bit-identical runs on one device has not been tested).
+
+    Raises RuntimeError when no member ever had a finite score (all diverged), as `run_pbt`.
 
     Args:
       mode: "udr", "mig", "dci" (labels: `dataset.factors`) or "leafmig" (`label_chains`).
@@ -221,6 +225,9 @@ def run_local_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, run
             on_generation(summary)
         if reason is not None:
             score, index, when, config, state, model_scores = record
+            if not np.isfinite(score):
+                raise RuntimeError(f"PBT run {run!r}: no member produced a finite score "
+                                   f"in {generation + 1} generations (all diverged)")
             best_member = build_member(experiment, config, int(index), run,
                                        tuple(images.shape[1:]), device)
             best_member.load_state_dict(state)

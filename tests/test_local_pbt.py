@@ -88,3 +88,10 @@ def test_local_pbt_rejects_a_mode_it_cannot_score() -> None:
         run_local_pbt(config, unlabelled, "mig", device="cpu")
     with pytest.raises(ValueError, match="mode must be one of"):
         run_local_pbt(config, unlabelled, "elbo", device="cpu")
+
+
+def test_a_population_that_only_diverges_is_an_error() -> None:
+    config = _config(["pbt.policy.lr_max=1e6", "pbt.policy.lr_grid=[1e6]",
+                      "pbt.policy.max_generations=1"])
+    with pytest.raises(RuntimeError, match="no member produced a finite score"):
+        run_local_pbt(config, _dataset(config), "udr", device="cpu")
