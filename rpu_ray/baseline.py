@@ -60,6 +60,7 @@ __all__ = [
     "GRIDS",
     "SEMI_SUPERVISED_MODELS",
     "BaselineGrid",
+    "budget_chunks",
     "run_baselines",
     "select_by_labels",
     "train_baseline",
@@ -118,7 +119,7 @@ def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, image
       seeds: VAEs trained side by side (at least 2 for UDR).
       images: training images per VAE.
       eval_points: MIG points, DCI/SAP train and test points (`evaluate_model`).
-      progress: called with a line after every tenth of the budget.
+      progress: called with a line after every tenth of the budget (`budget_chunks`).
       evaluate: False leaves the ground-truth metrics NaN (UDR is still computed), for callers
         that evaluate only some of the VAEs (model selection).
 
@@ -147,6 +148,20 @@ def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, image
     return member, rows
 
 
+def budget_chunks(images: int, batch_size: int, parts: int = 10) -> list[int]:
+    """`images` cut into at most `parts` chunks of whole batches (the remainder goes to the last
+    one), so that cutting the training for progress lines and divergence checks changes no batch
+    size; fewer chunks when there are fewer batches than parts.
+    """
+    if images < 2:
+        raise ValueError(f"images must be >= 2 (a batch needs two images), got {images}")
+    batches = images // batch_size
+    chunks = [int(b) * batch_size for b in np.diff(np.linspace(0, batches, parts + 1).astype(int))
+              if b > 0] or [0]
+    chunks[-1] += images - batches * batch_size
+    return chunks
+
+
 def _objective_hyperparameters(grid: BaselineGrid, value: float, images: int, batch_size: int
                                ) -> dict[str, float]:
     """The objective's hyperparameters of one baseline setting (defaults, then the sweep)."""
@@ -164,14 +179,15 @@ def _train_and_evaluate(member: Member, dataset: Dataset, tensor: torch.Tensor, 
                         progress: Callable[[str], None] | None, started: float,
                         labelled: LabelledSet | None = None, evaluate: bool = True
                         ) -> list[dict[str, Any]]:
-    """Trains `member` on `images` images in tenths, then evaluates each VAE (one row each:
+    """Trains `member` on `images` images in tenths (`budget_chunks`), then evaluates each VAE
+    (one row each:
     `row`, then seed and the metrics of `train_baseline`; NaN without `evaluate`)."""
     seeds = member.num_models
     all_images = dataset.all_images()
     factors = dataset.all_factors()
     diverged, done = False, 0
-    for chunk in np.diff(np.linspace(0, images, 11).astype(int)):
-        stats = member.train(tensor, int(chunk), labelled)
+    for chunk in budget_chunks(images, member.batch_size_for(len(tensor))):
+        stats = member.train(tensor, chunk, labelled)
         done += int(chunk)
         diverged = diverged or bool(stats["diverged"])
         if progress is not None:

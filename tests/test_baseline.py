@@ -11,7 +11,7 @@ import pytest
 from conftest import CLI, CLI_ENV, run_cli
 
 from rpu_ray import data
-from rpu_ray.baseline import GRIDS, run_baselines, select_by_labels, train_baseline
+from rpu_ray.baseline import GRIDS, budget_chunks, run_baselines, select_by_labels, train_baseline
 from rpu_ray.evaluation import encode_images, evaluate_model, evaluation_positions
 from rpu_ray.metrics import mig
 from rpu_ray.models import VAE
@@ -92,3 +92,13 @@ def test_cli_runs_a_baseline_and_rejects_bad_points(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         "rpu-ray: error: --eval-points: expected three counts >= 2, got '200,200'"]
+
+
+def test_budget_chunks_are_whole_batches() -> None:
+    assert budget_chunks(256, 64) == [64, 64, 64, 64]  # 4 batches: 4 chunks, not 10 of 25
+    chunks = budget_chunks(10_000, 64)
+    assert len(chunks) == 10 and sum(chunks) == 10_000
+    assert all(c % 64 == 0 for c in chunks[:-1]) and chunks[-1] % 64 == 10_000 % 64
+    assert budget_chunks(19, 64) == [19] and budget_chunks(2, 64) == [2]
+    with pytest.raises(ValueError, match="images must be >= 2"):
+        budget_chunks(1, 64)
