@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,25 @@ def test_cli_runs_a_baseline_and_rejects_bad_points(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         "rpu-ray: error: --eval-points: expected three counts >= 2, got '200,200'"]
+    unlabelled = tmp_path / "pixels.npz"
+    np.savez(unlabelled, images=np.zeros((8, 32, 32), np.uint8))
+    bad = subprocess.run([*CLI, *common[:8], str(unlabelled), "--images", "64"], env=CLI_ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        f"rpu-ray: error: {unlabelled} has no ground-truth factors: baselines are evaluated "
+        "on them"]
+
+
+def test_cli_names_every_baseline_without_importing_torch() -> None:
+    from rpu_ray.cli import BASELINE_MODELS
+
+    assert BASELINE_MODELS == tuple(GRIDS)
+    code = ("import sys; from rpu_ray.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_budget_chunks_are_whole_batches() -> None:
