@@ -37,9 +37,7 @@ def test_smoke_run_splits_the_overhead_consistently() -> None:
     assert header[:2] == ["generation", "wall_s"] and len(rows) == 2
     for row in rows:
         values = dict(zip(header, map(float, row), strict=True))
-        assert 0 < values["step_s"] <= values["slots"] * values["ideal_s"] + 1e-6
-        assert values["ideal_s"] <= values["wall_s"]
-        # (1 - overhead) = (1 - imbalance) * (1 - tune), all three in [0, 1)
-        assert 1 - values["overhead"] == pytest.approx(
-            (1 - values["imbalance"]) * (1 - values["tune"]), abs=2e-3)
+        # Measured, not derived: the members trained, and the generation took at least as
+        # long as its idealised schedule (the list scheduling of its measured steps).
+        assert values["step_s"] > 0 and values["ideal_s"] <= values["wall_s"]
         assert all(0 <= values[k] < 1 for k in ("overhead", "imbalance", "tune"))
