@@ -127,6 +127,13 @@ BUDGETS = {
                     generation_images=1000, seeds=2, labels=100, eval_points=(300, 300, 150),
                     dci_mode="fast", udr_points=100, score_points=300, max_depth=1,
                     rpu_generations=1, final_generations=1, active_kl_threshold=0.01),
+    # 11,520 images of 32 px (3 shapes, 3 scales, 5 orientations, 16 x 16 positions); 80,000
+    # model-images per run: minutes a run on 2 CPU cores.
+    "cpu": Budget(32, (1, 2, 8, 2, 2), population=4, num_models=2, generations=2,
+                  generation_images=5_000, seeds=3, labels=1000,
+                  eval_points=(5_000, 5_000, 2_500), dci_mode="fast", udr_points=500,
+                  score_points=2_000, max_depth=1, rpu_generations=2, final_generations=2,
+                  active_kl_threshold=0.1),
     # The paper's data at 64 px; 2.4M model-images per run.
     "gpu": Budget(64, None, population=8, num_models=5, generations=6, generation_images=10_000,
                   seeds=5, labels=1000, eval_points=(10_000, 10_000, 5_000), dci_mode="fast",
