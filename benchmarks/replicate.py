@@ -275,20 +275,29 @@ def methods(experiment: str, budget: Budget, seeds: int | None = None
 
 
 def replicate(experiments: list[str], budget_name: str, dataset_name: str, out: Path,
-              device: str, seeds: int | None = None) -> pd.DataFrame:
-    """Runs the experiments; writes runs.csv, summary.md and the box plots to `out`."""
+              device: str, seeds: int | None = None, scale: int = 1,
+              only: list[str] | None = None) -> pd.DataFrame:
+    """Runs the experiments; writes runs.csv, summary.md and the box plots to `out`.
+
+    `scale` multiplies the budget's images per generation (so C, for every method alike);
+    `only` restricts the methods to these names.
+    """
     budget = BUDGETS[budget_name]
+    budget = dataclasses.replace(budget, generation_images=budget.generation_images * scale)
     dataset = data.load(dataset_name, image_size=budget.image_size,
                         subsample=list(budget.subsample) if budget.subsample else None)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for experiment in experiments:
         for method, run in methods(experiment, budget, seeds).items():
+            if only and method not in only:
+                continue
             for seed in range(seeds or budget.seeds):
                 result = run(dataset, budget, seed, device)
                 for row in result if isinstance(result, list) else [result]:
                     rows.append({"experiment": experiment, "method": method,
-                                 "dataset": dataset_name, "seed": seed, "budget": budget_name,
+                                 "dataset": dataset_name, "seed": seed,
+                                 "budget": budget_name + (f" x{scale}" if scale > 1 else ""),
                                  **row})
                 print(f"{experiment} {method} seed {seed}: MIG "
                       f"{np.nanmean([r['mig'] for r in rows if r['method'] == method]):.3f}",
@@ -296,7 +305,7 @@ def replicate(experiments: list[str], budget_name: str, dataset_name: str, out: 
     table = pd.DataFrame(rows)
     table.to_csv(out / "runs.csv", index=False)
     (out / "summary.md").write_text(summary_markdown(table))
-    for experiment in experiments:
+    for experiment in table.experiment.unique():
         plot(table[table.experiment == experiment], out / f"{experiment}.png",
              f"{experiment}, {dataset_name}, budget {budget_name}")
     return table
@@ -344,12 +353,16 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="--budget smoke")
     parser.add_argument("--dataset", default="dsprites", choices=("dsprites", "shapes3d"))
     parser.add_argument("--seeds", type=int, help="runs per method (default: the budget's)")
+    parser.add_argument("--scale", type=int, default=1,
+                        help="multiply the budget C of every method (images per generation)")
+    parser.add_argument("--method", action="append",
+                        help="run only this method (repeatable; names as in summary.md)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("replication"))
     args = parser.parse_args()
     table = replicate(args.experiment or list(EXPERIMENTS),
                       "smoke" if args.smoke else args.budget, args.dataset, args.out,
-                      args.device, args.seeds)
+                      args.device, args.seeds, args.scale, args.method)
     print((args.out / "summary.md").read_text())
     print(f"{len(table)} final models; wrote {args.out}/runs.csv, summary.md and the plots")
 
