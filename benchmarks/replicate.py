@@ -45,9 +45,9 @@ mig, dci_*, sap, udr, wall_s, model_images), summary.md (mean and std per method
 plot per experiment (<experiment>.png).
 
     python benchmarks/replicate.py --smoke               # CPU, minutes; the test suite runs it
-    python benchmarks/replicate.py --budget cpu          # CPU, about an hour on 2 cores
-    python benchmarks/replicate.py --budget gpu          # sized for about 10 minutes per
-                                                         # experiment on one H100 (unmeasured)
+    python benchmarks/replicate.py --budget cpu --experiment fig4   # 2 CPU cores: 23 minutes
+    python benchmarks/replicate.py --budget gpu --experiment fig4   # one H100: ~10 minutes
+                                                                    # (estimated, unmeasured)
 """
 
 from __future__ import annotations
@@ -134,11 +134,15 @@ BUDGETS = {
                   eval_points=(5_000, 5_000, 2_500), dci_mode="fast", udr_points=500,
                   score_points=2_000, max_depth=1, rpu_generations=2, final_generations=2,
                   active_kl_threshold=0.1),
-    # The paper's data at 64 px; 2.4M model-images per run.
-    "gpu": Budget(64, None, population=8, num_models=5, generations=6, generation_images=10_000,
-                  seeds=5, labels=1000, eval_points=(10_000, 10_000, 5_000), dci_mode="fast",
-                  udr_points=1000, score_points=10_000, lr_grid=(5e-4, 1e-3, 2e-3),
-                  batch_size_grid=(64, 128), beta_grid=(4, 6, 8, 10)),
+    # dSprites at 64 px with 10 of its 40 orientations (184,320 images: generating all 737,280
+    # takes minutes of the run); 600,000 model-images per run. Estimate for fig4 (27 runs, 16M
+    # model-images) on one H100 from shared/bench/ANCHOR.md's fused-member throughput at batch
+    # 128-256 (about 30,000-100,000 model-images/s): 5-10 minutes plus evaluation. Unmeasured.
+    "gpu": Budget(64, (1, 1, 4, 1, 1), population=4, num_models=5, generations=3,
+                  generation_images=10_000, seeds=3, labels=1000,
+                  eval_points=(10_000, 5_000, 2_500), dci_mode="fast", udr_points=1000,
+                  score_points=5_000, lr_grid=(5e-4, 1e-3, 2e-3), batch_size_grid=(128, 256),
+                  beta_grid=(4, 6, 8, 10)),
 }
 
 
