@@ -99,5 +99,8 @@ def test_smoke_every_experiment(tmp_path: Path) -> None:
     # rPU-VAE ran its x-run and, when it found labels, leaf-runs and the final run.
     fig6 = table[table.experiment == "fig6"]
     assert sorted(set(fig6.leaf_runs)) == [0, 1, 2, 3]
-    labelled = fig6[fig6.rpu_stop.isna()]
-    assert (labelled.metaepochs >= 1 + labelled.leaf_runs).all()
+    # A leaf-run may stop at its first reduction, before any metaEpoch of its own.
+    budget = replicate.BUDGETS["smoke"]
+    assert ((fig6.metaepochs >= 1)
+            & (fig6.metaepochs <= 1 + fig6.leaf_runs * budget.max_depth)).all()
+    assert (fig6.metaepochs > 1).any()  # some leaf-run trained on a reduced subset
