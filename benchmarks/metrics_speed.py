@@ -4,9 +4,10 @@ Sizes are the library's configurations: MIG on 10,000 points; SAP and DCI on 10,
 5,000 test points; UDR on 5 models x 1,000 points (one PBT member). Codes have 10 dimensions;
 factors have dSprites' sizes (3, 6, 40, 32, 32) (shape, scale, orientation, posX, posY), and
 the codes are a noisy random mixture of the scaled factors (`make_fixture`). DCI is timed in
-"exact" mode (the library's GradientBoostingClassifier; minutes) and "fast" mode, and the
-deviation of fast from exact is printed per key. Every number is the best of `--repeats` runs
-(DCI exact: one run).
+"exact" mode (the library's GradientBoostingClassifier; minutes) and "fast" mode (the same
+classifier reimplemented in numpy, rpu_ray/metrics/gbt.py), and the deviation of fast from
+exact is printed per key (it should be rounding only). Every number is the best of `--repeats`
+runs (DCI exact: one run).
 
 Examples:
   python benchmarks/metrics_speed.py                  # full sizes, ~7 minutes on 2 cores
@@ -118,8 +119,8 @@ def run(smoke: bool, skip_exact: bool, sequential: bool, repeats: int) -> list[d
         if sequential:
             measure("DCI exact (n_jobs=1)", split_size, lambda: dci(*split, n_jobs=1), 1)
         for key in exact:
-            print(f"DCI {key}: exact {exact[key]:.4f}, fast {fast[key]:.4f}, "
-                  f"fast - exact {fast[key] - exact[key]:+.4f}")
+            print(f"DCI {key}: exact {exact[key]:.6f}, fast {fast[key]:.6f}, "
+                  f"fast - exact {fast[key] - exact[key]:+.1e}")
     return rows
 
 
