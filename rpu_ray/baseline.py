@@ -128,10 +128,7 @@ def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, image
     """
     if model not in GRIDS:
         raise ValueError(f"unknown baseline model {model!r}; known: {', '.join(GRIDS)}")
-    if seeds < 2:
-        raise ValueError(f"seeds must be >= 2 (UDR compares the seeds), got {seeds}")
-    if not dataset.has_factors:
-        raise ValueError(f"{dataset.source} has no ground-truth factors to evaluate on")
+    _check_seeds_and_factors(dataset, seeds, "to evaluate on")
     grid = GRIDS[model]
     started = time.time()
     all_images = dataset.all_images()
@@ -146,6 +143,14 @@ def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, image
                                udr_points=udr_points, progress=progress, started=started,
                                evaluate=evaluate)
     return member, rows
+
+
+def _check_seeds_and_factors(dataset: Dataset, seeds: int, use: str) -> None:
+    """At least two seeds (UDR compares them) and a data set with ground-truth factors."""
+    if seeds < 2:
+        raise ValueError(f"seeds must be >= 2 (UDR compares the seeds), got {seeds}")
+    if not dataset.has_factors:
+        raise ValueError(f"{dataset.source} has no ground-truth factors {use}")
 
 
 def budget_chunks(images: int, batch_size: int, parts: int = 10) -> list[int]:
@@ -255,10 +260,7 @@ def train_semi_supervised(dataset: Dataset, model: str, value: float, seeds: int
     if model not in SEMI_SUPERVISED_MODELS:
         raise ValueError(f"no semi-supervised version of {model!r}; known: "
                          f"{', '.join(SEMI_SUPERVISED_MODELS)}")
-    if seeds < 2:
-        raise ValueError(f"seeds must be >= 2 (UDR compares the seeds), got {seeds}")
-    if not dataset.has_factors:
-        raise ValueError(f"{dataset.source} has no ground-truth factors to learn from")
+    _check_seeds_and_factors(dataset, seeds, "to learn from")
     if labels < 2:
         raise ValueError(f"labels must be >= 2, got {labels}")
     columns = list(range(len(dataset.factor_sizes)) if factors is None else factors)
