@@ -120,8 +120,8 @@ def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, image
       images: training images per VAE.
       eval_points: MIG points, DCI/SAP train and test points (`evaluate_model`).
       progress: called with a line after every tenth of the budget (`budget_chunks`).
-      evaluate: False leaves the ground-truth metrics NaN (UDR is still computed), for callers
-        that evaluate only some of the VAEs (model selection).
+      evaluate: False leaves every metric NaN (UDR too), for callers that evaluate only some
+        of the VAEs (model selection).
 
     Each row: model, hparam, value, seed, mig, dci_disentanglement, dci_completeness,
     dci_informativeness_test, sap, udr, model_images, wall_s, diverged.
@@ -200,7 +200,7 @@ def _train_and_evaluate(member: Member, dataset: Dataset, tensor: torch.Tensor, 
                      f"{np.mean(stats['loss']):.1f}" + (" (diverged)" if diverged else ""))
         if diverged:
             break
-    udr_scores = (np.full(seeds, np.nan) if diverged else np.asarray(score_udr(
+    udr_scores = (np.full(seeds, np.nan) if diverged or not evaluate else np.asarray(score_udr(
         member, tensor, EvalConfig(udr_points=udr_points, score_seed=seed))["model_scores"]))
     mig_points, dci_train, dci_test = eval_points
     rows = []

@@ -53,7 +53,14 @@ from rpu_ray.evaluation import (
 from rpu_ray.experiment import read_events, read_jsonl
 from rpu_ray.export import export_vae, load_vae
 from rpu_ray.labels import LabelLevel, LeafRunLabels
-from rpu_ray.population import MODES, initial_population, run_local_pbt, seed_words
+from rpu_ray.pbt import HYPERPARAMETERS
+from rpu_ray.population import (
+    MODES,
+    initial_population,
+    run_local_pbt,
+    seed_words,
+    tuned_hyperparameters,
+)
 from rpu_ray.reduction import active_latents, reduce
 
 log = logging.getLogger(__name__)
@@ -160,7 +167,8 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
         scheduler = GenerationalPBT(
             experiment.pbt.policy, seed=tuple(seed_words(experiment.seed, run)),
             events_path=out_dir / "events.jsonl", results_path=out_dir / RESULTS_LOG,
-            on_generation=_progress_printer(run) if progress else None)
+            on_generation=_progress_printer(run) if progress else None,
+            hyperparameters=tuned_hyperparameters(experiment.model))
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(initial_population(experiment, run)),
@@ -256,14 +264,17 @@ def plot_pbt(generations: list[dict[str, Any]], results: pd.DataFrame, path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+    # Only the tuned hyperparameters: objectives other than beta-(TC)VAE have no beta.
+    names = [name for name in HYPERPARAMETERS
+             if any(name in g["best_hparams"] for g in generations)]
+    fig, axes = plt.subplots(1, 1 + len(names), figsize=(4 * (1 + len(names)), 3.2))
     x = [g["generation"] for g in generations]
     for key, style in (("best_score", "-o"), ("median_score", "--")):
         axes[0].plot(x, [np.nan if g[key] is None else g[key] for g in generations], style,
                      label=key.replace("_", " "))
     axes[0].set(title="score", xlabel="generation")
     axes[0].legend()
-    for ax, name in zip(axes[1:], ("lr", "batch_size", "beta"), strict=True):
+    for ax, name in zip(axes[1:], names, strict=True):
         ax.plot(x, [g["best_hparams"].get(name, np.nan) for g in generations], "-o", label="best")
         if name in results:
             per_generation = results.groupby("training_iteration")[name].median()

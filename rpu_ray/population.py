@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rpu_ray.config import EvalConfig, ExperimentConfig
+from rpu_ray.config import EvalConfig, ExperimentConfig, ModelConfig
 from rpu_ray.data import Dataset
 from rpu_ray.engine import Member
 from rpu_ray.evaluation import LabelChain, score_leaf_mig, score_supervised, score_udr
@@ -40,7 +40,7 @@ from rpu_ray.pbt import (
 
 __all__ = ["MODES", "LocalPBTResult", "build_member", "initial_population",
            "member_hyperparameters", "member_seed", "run_local_pbt", "score_member",
-           "seed_words"]
+           "seed_words", "tuned_hyperparameters"]
 
 MODES = ("udr", "mig", "dci", "leafmig")
 
@@ -56,22 +56,33 @@ def member_seed(experiment_seed: int, run: str, member: int) -> int:
     return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
+def tuned_hyperparameters(model: ModelConfig) -> tuple[str, ...]:
+    """The hyperparameters PBT tunes for `model`: lr, batch size and the objective's own that
+    the run does not fix (beta of beta-VAE and beta-TCVAE; the other objectives have none, so
+    PBT neither draws nor perturbs a beta they would ignore)."""
+    loss = LOSSES[model.loss]
+    fixed = loss.fixed_hyperparameters(model.loss_hyperparameters)
+    return ("lr", "batch_size", *(name for name in loss.hyperparameters if name not in fixed))
+
+
 def initial_population(experiment: ExperimentConfig, run: str) -> list[dict[str, float]]:
-    """The population's initial hyperparameters, drawn from the policy's grids with the seed."""
+    """The population's initial hyperparameters, drawn from the policy's grids with the seed
+    (each member draws all three, so that lr and batch size do not depend on the objective)."""
     rng = np.random.default_rng(np.random.SeedSequence(seed_words(experiment.seed, run)))
     policy = experiment.pbt.policy
-    return [initial_hyperparameters(policy, rng) for _ in range(experiment.pbt.population)]
+    tuned = tuned_hyperparameters(experiment.model)
+    return [{name: value for name, value in initial_hyperparameters(policy, rng).items()
+             if name in tuned} for _ in range(experiment.pbt.population)]
 
 
 def member_hyperparameters(experiment: ExperimentConfig, config: dict[str, Any]
                            ) -> dict[str, float]:
-    """A member's hyperparameters: lr, batch size and the objective's tuned ones (beta) from its
-    PBT `config` (its objective may ignore beta), the objective's fixed ones from the experiment
-    (`model.loss_hyperparameters` over the objective's defaults)."""
-    loss = LOSSES[experiment.model.loss]
-    fixed = loss.fixed_hyperparameters(experiment.model.loss_hyperparameters)
-    tuned = [name for name in loss.hyperparameters if name not in fixed]
-    return {**{name: config[name] for name in ("lr", "batch_size", *tuned)}, **fixed}
+    """A member's hyperparameters: the tuned ones (`tuned_hyperparameters`) from its PBT
+    `config`, the objective's fixed ones from the experiment (`model.loss_hyperparameters` over
+    the objective's defaults)."""
+    model = experiment.model
+    fixed = LOSSES[model.loss].fixed_hyperparameters(model.loss_hyperparameters)
+    return {**{name: config[name] for name in tuned_hyperparameters(model)}, **fixed}
 
 
 def build_member(experiment: ExperimentConfig, config: dict[str, Any], member: int, run: str,

@@ -36,7 +36,7 @@ import math
 import posixpath
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +75,16 @@ class GenerationalPBT(PopulationBasedTraining):
         results_path: JSONL file that receives every result of every member (Tune's own
             per-trial progress files lose the rows of a member from before it was cloned).
         on_generation: called with each generation's summary (progress output).
+        hyperparameters: the tuned ones (`rpu_ray.population.tuned_hyperparameters`); Ray adds
+            any of them missing from a trial's config, so an objective without beta must not
+            name it.
     """
 
     def __init__(self, policy: PBTPolicy, seed: int | tuple[int, ...],
                  events_path: str | Path | None = None,
                  results_path: str | Path | None = None,
-                 on_generation: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_generation: Callable[[dict[str, Any]], None] | None = None,
+                 hyperparameters: Sequence[str] = HYPERPARAMETERS) -> None:
         super().__init__(
             time_attr="training_iteration",
             metric="score",
@@ -89,9 +93,9 @@ class GenerationalPBT(PopulationBasedTraining):
             quantile_fraction=policy.quantile_fraction,
             # Ray needs a mutation spec; ours is only used for its log lines: explore itself is
             # `rpu_ray.pbt.perturb` (_get_new_config), never Ray's built-in perturbation.
-            hyperparam_mutations={"lr": list(policy.lr_grid),
-                                  "batch_size": list(policy.batch_size_grid),
-                                  "beta": list(policy.beta_grid)},
+            hyperparam_mutations={name: list(grid) for name, grid in (
+                ("lr", policy.lr_grid), ("batch_size", policy.batch_size_grid),
+                ("beta", policy.beta_grid)) if name in hyperparameters},
             resample_probability=0.0,
             log_config=False,
             synch=True,

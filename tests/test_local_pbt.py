@@ -11,7 +11,13 @@ import torch
 from rpu_ray import data
 from rpu_ray.config import load_config
 from rpu_ray.pbt import quantile_size
-from rpu_ray.population import initial_population, run_local_pbt, score_member
+from rpu_ray.population import (
+    initial_population,
+    member_hyperparameters,
+    run_local_pbt,
+    score_member,
+    tuned_hyperparameters,
+)
 
 SMALL = ["train.generation_images=200", "pbt.policy.max_generations=3", "eval.udr_points=100",
          "pbt.policy.min_score="]
@@ -79,6 +85,26 @@ def test_big_initial_population_keeps_the_best_half_and_runs_are_reproducible() 
 
     again = run_local_pbt(config, dataset, "mig", device="cpu")
     assert pd.DataFrame(again.results).score.tolist() == results.score.tolist()
+
+
+def test_pbt_tunes_beta_only_for_objectives_that_have_it() -> None:
+    configs = {loss: _config([f"model.loss={loss}", "pbt.population=6"])
+               for loss in ("betatcvae", "factorvae")}
+    assert tuned_hyperparameters(configs["betatcvae"].model) == ("lr", "batch_size", "beta")
+    assert tuned_hyperparameters(configs["factorvae"].model) == ("lr", "batch_size")
+    with_beta, without = (initial_population(c, "local") for c in configs.values())
+    # The same draws, beta left out: lr and batch size do not depend on the objective.
+    assert without == [{"lr": h["lr"], "batch_size": h["batch_size"]} for h in with_beta]
+    assert member_hyperparameters(configs["factorvae"], without[0]) == {**without[0],
+                                                                        "gamma": 10.0}
+
+    config = _config(["model.loss=factorvae", "pbt.policy.max_generations=2"])
+    result = run_local_pbt(config, _dataset(config), "udr", device="cpu")
+    assert len(result.decisions) == quantile_size(4, config.pbt.policy)
+    for decision in result.decisions:  # explored lr and batch size, no beta
+        assert set(decision.new_hparams) == set(decision.factors) == {"lr", "batch_size"}
+    assert all("beta" not in g["best_hparams"] for g in result.generations)
+    assert "beta" not in pd.DataFrame(result.results)
 
 
 def test_local_pbt_rejects_a_mode_it_cannot_score() -> None:
