@@ -3,7 +3,9 @@
 `GenerationalPBT` subclasses Ray's `PopulationBasedTraining` in `synch=True` mode, which gives
 the generation barrier the authors built from queues: every member trains one generation, then
 the whole population is ranked and exploited at once. All decisions come from the pure policy
-(`rpu_ray.pbt`): who clones whom, the perturbation, and when the metaEpoch stops. Ray keeps
+(`rpu_ray.pbt`): who clones whom, the perturbation, and when the metaEpoch stops; the policy
+names members by index, as the in-process executor does, so both draw the same clone seeds for
+the same run (Tune's trial ids carry a random prefix). Ray keeps
 what it does well: pausing trials, saving the donors' checkpoints and handing them to the
 clones.
 
@@ -107,7 +109,8 @@ class GenerationalPBT(PopulationBasedTraining):
         self.on_generation = on_generation
         self.best_scores: list[float] = []
         self.stop_reason: str | None = None
-        self._decisions: dict[str, Decision] = {}
+        # This generation's decisions, by the clone's trial id: (decision, the donor's trial id).
+        self._decisions: dict[str, tuple[Decision, str]] = {}
         # Members out of the population for good: not kept by a big initial population
         # (`_dropped`), or failed beyond their retries (`_failed`); `_to_stop` are the dropped
         # ones not stopped yet.
@@ -275,24 +278,28 @@ class GenerationalPBT(PopulationBasedTraining):
             self.on_generation(summary)
         if self.stop_reason is not None:
             return [], []
-        hparams = {i: {k: by_id[i].config[k] for k in HYPERPARAMETERS if k in by_id[i].config}
-                   for i in scores}
-        decisions = exploit_and_explore(scores, hparams, self.policy,
-                                        generation_rng(self.seed, generation),
+        # The policy sees members by index, as in the in-process executor: trial ids carry a
+        # random prefix per Tune experiment, and a clone's seed derives from the member's name.
+        index = {i: str(by_id[i].config["member"]) for i in scores}
+        trial_of = {member: i for i, member in index.items()}
+        hparams = {index[i]: {k: by_id[i].config[k] for k in HYPERPARAMETERS
+                              if k in by_id[i].config} for i in scores}
+        decisions = exploit_and_explore({index[i]: v for i, v in scores.items()}, hparams,
+                                        self.policy, generation_rng(self.seed, generation),
                                         generation=generation, seed=self.seed)
-        self._decisions = {d.member: d for d in decisions}
+        self._decisions = {trial_of[d.member]: (d, trial_of[d.donor]) for d in decisions}
         upper = [by_id[i] for i in ranking[:quantile_size(len(ranking), self.policy)]]
-        lower = [by_id[d.member] for d in decisions]
+        lower = [by_id[i] for i in self._decisions]
         return lower, upper
 
     def _checkpoint_or_exploit(self, trial: Trial, tune_controller: Any,
                                upper_quantile: list[Trial], lower_quantile: list[Trial]) -> None:
         # Ray's logic saves the top members; the exploit below uses the policy's donor.
         super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, [])
-        decision = self._decisions.get(trial.trial_id)
-        if decision is None or trial not in lower_quantile:
+        if trial.trial_id not in self._decisions or trial not in lower_quantile:
             return
-        donor = next(t for t in upper_quantile if t.trial_id == decision.donor)
+        donor_id = self._decisions[trial.trial_id][1]
+        donor = next(t for t in upper_quantile if t.trial_id == donor_id)
         donor_state = self._trial_state[donor]
         checkpoint = donor_state.last_checkpoint
         if isinstance(checkpoint, _FutureTrainingResult):  # the donor's save is still running
@@ -333,7 +340,7 @@ class GenerationalPBT(PopulationBasedTraining):
         return Checkpoint(target, filesystem)
 
     def _get_new_config(self, trial: Trial, trial_to_clone: Trial) -> tuple[dict, dict]:
-        decision = self._decisions.pop(trial.trial_id)
+        decision, _ = self._decisions.pop(trial.trial_id)
         config = copy.deepcopy(trial_to_clone.config)
         config.update(decision.new_hparams)
         config["member"] = trial.config["member"]  # the clone keeps its identity ...

@@ -25,8 +25,8 @@ from rpu_ray.config import load_config  # noqa: E402
 from rpu_ray.driver import run_pbt  # noqa: E402
 from rpu_ray.experiment import resume_pbt  # noqa: E402
 from rpu_ray.export import load_vae  # noqa: E402
-from rpu_ray.pbt import decisions_frame  # noqa: E402
-from rpu_ray.population import initial_population  # noqa: E402
+from rpu_ray.pbt import clone_seed, decisions_frame  # noqa: E402
+from rpu_ray.population import initial_population, seed_words  # noqa: E402
 from trainables.member import FAULT_ENV  # noqa: E402
 
 # Tiny budgets; no end condition on low UDR (members this small rarely reach 0.1).
@@ -110,6 +110,13 @@ def test_pbt_exploits_and_replaces_diverged_members(ray_session, tmp_path: Path)
     assert later.lr != 1e6 and np.isfinite(later.score)
     factors = at_zero["factors.lr"].iloc[0]
     assert factors in (2.0, 1.2, 0.8, 0.5)
+    # The policy names members by index (as the in-process executor): a clone's seed follows
+    # from (run, generation, member index), not from Tune's trial ids, whose random prefix
+    # changes from run to run.
+    assert (decisions.member == decisions.member_index.astype(str)).all()
+    run_seed = seed_words(config.seed, "pbt")
+    assert decisions.seed.tolist() == [clone_seed(run_seed, g, str(m)) for g, m in zip(
+        decisions.generation, decisions.member_index, strict=True)]
 
     # Checkpoints record the lineage too; the exported VAE loads and carries its score.
     trial_dirs = sorted((tmp_path / "tune" / "pbt").glob("MemberTrainable_*"))

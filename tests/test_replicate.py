@@ -67,6 +67,15 @@ def test_budget_and_methods() -> None:
         replicate.methods("fig9", smoke)
 
 
+def test_every_budget_makes_a_valid_config() -> None:
+    for name, budget in replicate.BUDGETS.items():
+        config = replicate._config(budget, 1, budget.num_models, [])
+        assert config.eval.udr_kl_threshold == budget.udr_kl_threshold, name
+        assert config.train.generation_images == budget.generation_images, name
+    # Short GPU runs leave unused latents above disentanglement_lib's 0.01 (see the field).
+    assert replicate.BUDGETS["gpu"].udr_kl_threshold == 0.3
+
+
 def test_baseline_values_spread_over_the_grid() -> None:
     betas = replicate.GRIDS["betavae"].values  # 1, 2, 4, 6, 8, 16
     assert [replicate.grid_value("betavae", s, 2) for s in range(2)] == [betas[1], betas[4]]
