@@ -105,7 +105,7 @@ class Budget:
     rpu_generations: int = 2
     final_generations: int = 2
     active_kl_threshold: float | None = None
-    # UDR's KL filter (eval.udr_kl_threshold) in PBT-U-VAE and rPU-VAE. disentanglement_lib's
+    # UDR's KL filter (eval.udr_kl_threshold) of every method. disentanglement_lib's
     # 0.01 assumes trained models; after short training the unused latents (KL 0.05-0.2) enter
     # UDR and it no longer ranks VAEs by disentanglement (benchmarks/RESULTS.md, Demo).
     udr_kl_threshold: float = 0.01
@@ -231,7 +231,7 @@ def baseline_run(model: str, dataset: data.Dataset, budget: Budget, seed: int, d
     value = grid_value(model, seed, seeds)
     options = {"seeds": 2, "images": budget.model_images // 2, "lr": 1e-3, "seed": seed,
                "device": device, "eval_points": budget.eval_points, "dci_mode": budget.dci_mode,
-               "udr_points": budget.udr_points}
+               "udr_points": budget.udr_points, "udr_kl_threshold": budget.udr_kl_threshold}
     _, rows = (train_semi_supervised(dataset, model, value, labels=budget.labels, **options)
                if semi_supervised else train_baseline(dataset, model, value, **options))
     # train_baseline evaluates each VAE as `_evaluate` does (same seed, points and mode).

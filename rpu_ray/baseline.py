@@ -108,6 +108,7 @@ def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, image
                    z_dim: int = 10, seed: int = 0, device: str | torch.device = "cpu",
                    eval_points: tuple[int, int, int] = (10_000, 10_000, 5_000),
                    dci_mode: str = "exact", udr_points: int = 1000,
+                   udr_kl_threshold: float = 0.01,
                    progress: Callable[[str], None] | None = None, evaluate: bool = True
                    ) -> tuple[Member, list[dict[str, Any]]]:
     """Trains and evaluates one baseline setting; returns the member and one row per seed.
@@ -119,6 +120,7 @@ def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, image
       seeds: VAEs trained side by side (at least 2 for UDR).
       images: training images per VAE.
       eval_points: MIG points, DCI/SAP train and test points (`evaluate_model`).
+      udr_points, udr_kl_threshold: UDR's points and KL filter (`EvalConfig`).
       progress: called with a line after every tenth of the budget (`budget_chunks`).
       evaluate: False leaves every metric NaN (UDR too), for callers that evaluate only some
         of the VAEs (model selection).
@@ -140,8 +142,8 @@ def train_baseline(dataset: Dataset, model: str, value: float, seeds: int, image
     rows = _train_and_evaluate(member, dataset, tensor, images, f"{model} {grid.name}={value:g}",
                                {"model": model, "hparam": grid.name, "value": float(value)},
                                seed=seed, eval_points=eval_points, dci_mode=dci_mode,
-                               udr_points=udr_points, progress=progress, started=started,
-                               evaluate=evaluate)
+                               udr_points=udr_points, udr_kl_threshold=udr_kl_threshold,
+                               progress=progress, started=started, evaluate=evaluate)
     return member, rows
 
 
@@ -181,7 +183,8 @@ def _objective_hyperparameters(grid: BaselineGrid, value: float, images: int, ba
 def _train_and_evaluate(member: Member, dataset: Dataset, tensor: torch.Tensor, images: int,
                         name: str, row: dict[str, Any], *, seed: int,
                         eval_points: tuple[int, int, int], dci_mode: str, udr_points: int,
-                        progress: Callable[[str], None] | None, started: float,
+                        udr_kl_threshold: float, progress: Callable[[str], None] | None,
+                        started: float,
                         labelled: LabelledSet | None = None, evaluate: bool = True
                         ) -> list[dict[str, Any]]:
     """Trains `member` on `images` images in tenths (`budget_chunks`), then evaluates each VAE
@@ -201,7 +204,8 @@ def _train_and_evaluate(member: Member, dataset: Dataset, tensor: torch.Tensor, 
         if diverged:
             break
     udr_scores = (np.full(seeds, np.nan) if diverged or not evaluate else np.asarray(score_udr(
-        member, tensor, EvalConfig(udr_points=udr_points, score_seed=seed))["model_scores"]))
+        member, tensor, EvalConfig(udr_points=udr_points, score_seed=seed,
+                                   udr_kl_threshold=udr_kl_threshold))["model_scores"]))
     mig_points, dci_train, dci_test = eval_points
     rows = []
     for index in range(seeds):
@@ -236,6 +240,7 @@ def train_semi_supervised(dataset: Dataset, model: str, value: float, seeds: int
                           z_dim: int = 10, seed: int = 0, device: str | torch.device = "cpu",
                           eval_points: tuple[int, int, int] = (10_000, 10_000, 5_000),
                           dci_mode: str = "exact", udr_points: int = 1000,
+                          udr_kl_threshold: float = 0.01,
                           progress: Callable[[str], None] | None = None
                           ) -> tuple[Member, list[dict[str, Any]]]:
     """Locatello et al. (2020)'s semi-supervised VAE: `train_baseline` plus gamma_sup * R_s on
@@ -246,7 +251,8 @@ def train_semi_supervised(dataset: Dataset, model: str, value: float, seeds: int
       model: one of `SEMI_SUPERVISED_MODELS` (the unsupervised part); value: its swept
         hyperparameter (`GRIDS[model].name`, e.g. beta).
       seeds, images, lr, batch_size, arch, z_dim, seed, device, eval_points, dci_mode,
-        udr_points, progress: as `train_baseline` (images: unlabelled training images per VAE).
+        udr_points, udr_kl_threshold, progress: as `train_baseline` (images: unlabelled training
+        images per VAE).
       labels: labelled images, the first `labels` of RandomState(seed).permutation(N) (as
         `select_by_labels`); at least 2. 1000 by default, as in the rPU-VAE paper's Fig. 1b.
       gamma_sup: weight of the supervised regulariser (default `GAMMA_SUP`).
@@ -281,8 +287,8 @@ def train_semi_supervised(dataset: Dataset, model: str, value: float, seeds: int
     rows = _train_and_evaluate(member, dataset, tensor, images,
                                f"s2 {model} {grid.name}={value:g} gamma_sup={gamma_sup:g}", row,
                                seed=seed, eval_points=eval_points, dci_mode=dci_mode,
-                               udr_points=udr_points, progress=progress, started=started,
-                               labelled=labelled)
+                               udr_points=udr_points, udr_kl_threshold=udr_kl_threshold,
+                               progress=progress, started=started, labelled=labelled)
     return member, rows
 
 

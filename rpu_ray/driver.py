@@ -264,10 +264,12 @@ def plot_pbt(generations: list[dict[str, Any]], results: pd.DataFrame, path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # Only the tuned hyperparameters: objectives other than beta-(TC)VAE have no beta.
+    # The tuned hyperparameters only (`tuned_hyperparameters`: beta for beta-(TC)VAE alone).
     names = [name for name in HYPERPARAMETERS
              if any(name in g["best_hparams"] for g in generations)]
-    fig, axes = plt.subplots(1, 1 + len(names), figsize=(4 * (1 + len(names)), 3.2))
+    fig, grid = plt.subplots(1, 1 + len(names), figsize=(4 * (1 + len(names)), 3.2),
+                             squeeze=False)
+    axes = grid[0]
     x = [g["generation"] for g in generations]
     for key, style in (("best_score", "-o"), ("median_score", "--")):
         axes[0].plot(x, [np.nan if g[key] is None else g[key] for g in generations], style,

@@ -313,7 +313,9 @@ def read_events(directory: Path, kind: str | None = None) -> list[dict[str, Any]
         name = event.get("event")
         key: tuple[Any, ...] = (
             (name, event.get("generation")) if name == "generation" else
-            (name, event.get("generation"), event.get("member")) if name == "exploit" else
+            # by member index: Ray logs named members by trial id before 2026-11-29
+            (name, event.get("generation"),
+             str(event.get("member_index", event.get("member")))) if name == "exploit" else
             (position,))
         latest.pop(key, None)
         latest[key] = event

@@ -209,7 +209,8 @@ class Decision:
 
     Attributes:
       generation: the generation whose scores made the decision (0-based within the metaEpoch).
-      member, donor: member ids.
+      member, donor: member ids: the member index as a string in both executors (the seed of a
+        clone derives from it).
       member_score: the replaced member's score; None when it had none or it was not finite.
       donor_score: the donor's score (always finite).
       old_hparams: the replaced member's PBT hyperparameters.

@@ -57,9 +57,9 @@ def member_seed(experiment_seed: int, run: str, member: int) -> int:
 
 
 def tuned_hyperparameters(model: ModelConfig) -> tuple[str, ...]:
-    """The hyperparameters PBT tunes for `model`: lr, batch size and the objective's own that
-    the run does not fix (beta of beta-VAE and beta-TCVAE; the other objectives have none, so
-    PBT neither draws nor perturbs a beta they would ignore)."""
+    """The hyperparameters PBT tunes for `model`: lr, batch size and the objective's
+    per-member ones, those without a fixed default (beta of beta-VAE and beta-TCVAE; the other
+    objectives have none, so PBT neither draws nor perturbs a beta they would ignore)."""
     loss = LOSSES[model.loss]
     fixed = loss.fixed_hyperparameters(model.loss_hyperparameters)
     return ("lr", "batch_size", *(name for name in loss.hyperparameters if name not in fixed))

@@ -73,20 +73,20 @@ class GenerationalPBT(PopulationBasedTraining):
     Args:
         policy: every constant and rule of exploit/explore and of the stop rules.
         seed: identifies the PBT run for reproducible decisions (e.g. (experiment seed, run)).
+        hyperparameters: the tuned ones (`rpu_ray.population.tuned_hyperparameters`). Required:
+            Ray adds any of them missing from a trial's config, so an objective without beta
+            must not name it.
         events_path: JSONL file that receives one line per generation and per decision.
         results_path: JSONL file that receives every result of every member (Tune's own
             per-trial progress files lose the rows of a member from before it was cloned).
         on_generation: called with each generation's summary (progress output).
-        hyperparameters: the tuned ones (`rpu_ray.population.tuned_hyperparameters`); Ray adds
-            any of them missing from a trial's config, so an objective without beta must not
-            name it.
     """
 
     def __init__(self, policy: PBTPolicy, seed: int | tuple[int, ...],
+                 hyperparameters: Sequence[str],
                  events_path: str | Path | None = None,
                  results_path: str | Path | None = None,
-                 on_generation: Callable[[dict[str, Any]], None] | None = None,
-                 hyperparameters: Sequence[str] = HYPERPARAMETERS) -> None:
+                 on_generation: Callable[[dict[str, Any]], None] | None = None) -> None:
         super().__init__(
             time_attr="training_iteration",
             metric="score",
@@ -282,6 +282,8 @@ class GenerationalPBT(PopulationBasedTraining):
         # random prefix per Tune experiment, and a clone's seed derives from the member's name.
         index = {i: str(by_id[i].config["member"]) for i in scores}
         trial_of = {member: i for i, member in index.items()}
+        if len(trial_of) != len(index):
+            raise RuntimeError(f"two live trials share a member index: {sorted(index.values())}")
         hparams = {index[i]: {k: by_id[i].config[k] for k in HYPERPARAMETERS
                               if k in by_id[i].config} for i in scores}
         decisions = exploit_and_explore({index[i]: v for i, v in scores.items()}, hparams,

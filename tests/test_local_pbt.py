@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import torch
 
 from rpu_ray import data
 from rpu_ray.config import load_config
+from rpu_ray.driver import plot_pbt
 from rpu_ray.pbt import quantile_size
 from rpu_ray.population import (
     initial_population,
@@ -87,7 +89,7 @@ def test_big_initial_population_keeps_the_best_half_and_runs_are_reproducible() 
     assert pd.DataFrame(again.results).score.tolist() == results.score.tolist()
 
 
-def test_pbt_tunes_beta_only_for_objectives_that_have_it() -> None:
+def test_pbt_tunes_beta_only_for_objectives_that_have_it(tmp_path: Path) -> None:
     configs = {loss: _config([f"model.loss={loss}", "pbt.population=6"])
                for loss in ("betatcvae", "factorvae")}
     assert tuned_hyperparameters(configs["betatcvae"].model) == ("lr", "batch_size", "beta")
@@ -104,7 +106,10 @@ def test_pbt_tunes_beta_only_for_objectives_that_have_it() -> None:
     for decision in result.decisions:  # explored lr and batch size, no beta
         assert set(decision.new_hparams) == set(decision.factors) == {"lr", "batch_size"}
     assert all("beta" not in g["best_hparams"] for g in result.generations)
-    assert "beta" not in pd.DataFrame(result.results)
+    # The PBT plot shows the tuned hyperparameters only, and copes with no generation.
+    for generations in (result.generations, []):
+        plot_pbt(generations, pd.DataFrame(result.results), tmp_path / "pbt.png")
+        assert (tmp_path / "pbt.png").stat().st_size > 0
 
 
 def test_local_pbt_rejects_a_mode_it_cannot_score() -> None:

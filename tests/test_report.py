@@ -352,11 +352,14 @@ def test_a_generation_redone_after_a_restore_counts_once(tmp_path) -> None:
     events = [{"event": "generation", "generation": 0, "best_score": 0.1},
               {"event": "exploit", "generation": 0, "member": "3", "donor": "1"},
               {"event": "generation", "generation": 1, "best_score": 0.2},
-              {"event": "exploit", "generation": 1, "member": "2", "donor": "0"},
+              # Ray's logs named members by trial id before 2026-11-29, by index since
+              {"event": "exploit", "generation": 1, "member": "a1b2c_00002", "member_index": 2,
+               "donor": "0"},
               {"event": "metaepoch_started", "key": "x"},
               # restored from the checkpoints of generation 0: generation 1 again
               {"event": "generation", "generation": 1, "best_score": 0.25},
-              {"event": "exploit", "generation": 1, "member": "2", "donor": "1"},
+              {"event": "exploit", "generation": 1, "member": "2", "member_index": 2,
+               "donor": "1"},
               {"event": "metaepoch_started", "key": "x"},
               {"event": "generation", "generation": 2, "best_score": 0.3}]
     (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))

@@ -7,8 +7,10 @@ node through the object store (`tune.with_parameters`): the trainable keeps a re
 zero-copy view and moves the current subset to its device once (DESIGN principle 2).
 
 Config keys (Tune's per-trial config, perturbed by the scheduler): `member` (index in the
-population), `lr`, `batch_size`, `beta`. Static settings (`with_parameters`): `settings`
-= {"experiment": config dict, "mode": "udr" | "mig" | "dci" | "leafmig", "run": name of this
+population), `lr`, `batch_size`, `beta` for the objectives that tune it
+(`rpu_ray.population.tuned_hyperparameters`), and `clone_seed` once a member is a clone.
+Static settings (`with_parameters`): `settings` =
+{"experiment": config dict, "mode": "udr" | "mig" | "dci" | "leafmig", "run": name of this
 PBT run}, `images` uint8 (N, C, H, W) (or an object-store reference to it), optional `subset`
 (positions into `images`), `factors` (for mig/dci) and `label_chains` (for leafmig: the
 surrogate-label chains of the leaf-runs, positions into the full `images`).
