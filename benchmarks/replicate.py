@@ -19,21 +19,24 @@ over all generations, as `rpu-ray pbt` exports it.
 
 rPU-VAE runs the driver of `rpu-ray run` (`rpu_ray.driver.RPUDriver`) with the in-process
 executor: an x-run, K leaf-runs of at most D metaEpochs, each a PBT-U-VAE of P members of M
-VAEs for at most G_r generations, and the final PBT-S-VAE (leaf-MIG) of P * M single VAEs for
-G_f generations after a doubled first one. All of them train I_r images per generation, chosen
-so that the run spends at most C when nothing stops early:
-I_r = C / (P * M * (G_r * (1 + K * D) + G_f + 1)). Runs stop early (a leaf-run ends when its
-reduction finds nothing to cut), so the model-images column, the compute actually spent, can be
-lower. If the x-run leaves no active latent, there is no label and no final run: the x-run's
-best VAE is the final model (column `rpu_stop` says so).
+VAEs for at most G_r generations, and the final PBT-S-VAE (leaf-MIG) of P single VAEs for G_f
+generations after a first one of 2P. Its compute is split as the authors split theirs: a
+leaf-run metaEpoch trains a fixed I_l images a generation (the authors' 10,000 against their
+x-run's 480,000), and the x-run and the final run train I_r, chosen so that the run spends at
+most C when nothing stops early: I_r = (C - K * D * G_r * P * M * I_l) / (G_r * P * M +
+(G_f + 1) * P). Runs stop early (a leaf-run ends when its reduction finds nothing to cut), so
+the model-images column, the compute actually spent, can be lower. If the x-run leaves no
+active latent, there is no label and no final run: the x-run's best VAE is the final model
+(column `rpu_stop` says so).
 
 A baseline run trains 2 VAEs (UDR compares them) of one hyperparameter value from Locatello et
 al.'s grid for C / 2 images each; both VAEs are rows. With n seeds per method the values are
 spread over the grid (seed i takes value floor((i + 0.5) * 6 / n), so 2 seeds take the second
 and fifth, 6 seeds all six). Baselines train at lr 1e-3 (batch 64), not the study's 1e-4: its
-300,000 steps are far beyond these budgets. Model selection trains the beta-TCVAE grid (6 values
-x 2 VAEs) for C / 12 images each and keeps the VAE with the best MIG on `labels` labels. Every
-final model is evaluated with the paper's protocol (MIG, DCI, SAP;
+300,000 steps are far beyond these budgets. Every method uses the budget's architecture
+(disentanglement_lib's by default, the study's). Model selection trains the beta-TCVAE grid
+(6 values x 2 VAEs) for C / 12 images each and keeps the VAE with the best MIG on `labels`
+labels. Every final model is evaluated with the paper's protocol (MIG, DCI, SAP;
 `rpu_ray.evaluation.evaluate_model`).
 
 Locatello et al.'s semi-supervised baseline (`rpu_ray.baseline.train_semi_supervised`) is a
@@ -45,9 +48,12 @@ mig, dci_*, sap, udr, wall_s, model_images), summary.md (mean and std per method
 plot per experiment (<experiment>.png).
 
     python benchmarks/replicate.py --smoke               # CPU, minutes; the test suite runs it
-    python benchmarks/replicate.py --budget cpu --experiment fig4   # 2 CPU cores: 23 minutes
+    python benchmarks/replicate.py --budget cpu --experiment fig4   # 2 CPU cores: ~75 minutes
     python benchmarks/replicate.py --budget gpu --experiment fig4   # one H100: ~10 minutes
                                                                     # (estimated, unmeasured)
+
+runs.csv is rewritten after every run, and a replication into a folder that has one skips the
+runs it holds: an interrupted run continues, and one can be split over several calls.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -98,12 +105,23 @@ class Budget:
     lr_grid: tuple[float, ...] = (1e-3, 2e-3)
     batch_size_grid: tuple[int, ...] = (32, 64)
     beta_grid: tuple[float, ...] = (4, 6, 8)
+    # PBT's explore bounds (min, max; None: the policy's, the authors' whole range). UDR
+    # favours a larger beta (fewer active latents): unbounded, a few generations take beta
+    # from 8 to 58 (benchmarks/RESULTS.md, Demo).
+    lr_bounds: tuple[float, float] | None = None
+    batch_size_bounds: tuple[int, int] | None = None
+    beta_bounds: tuple[float, float] | None = None
+    # Every method's architecture ("dlib": Locatello et al.'s, whose baselines these are; the
+    # authors' learns far slower at these budgets, benchmarks/RESULTS.md, Replication).
+    arch: str = "dlib"
     # rPU-VAE: leaf-runs K (fig4), metaEpochs per leaf-run D, generations per metaEpoch G_r and
-    # of the final run G_f; the active-latent KL threshold (None: the default, for trained models).
+    # of the final run G_f, images per generation of a leaf-run metaEpoch; the active-latent KL
+    # threshold (None: the default, for trained models).
     leaf_runs: int = 2
     max_depth: int = 2
     rpu_generations: int = 2
     final_generations: int = 2
+    leaf_generation_images: int = 1000
     active_kl_threshold: float | None = None
     # UDR's KL filter (eval.udr_kl_threshold) of every method. disentanglement_lib's
     # 0.01 assumes trained models; after short training the unused latents (KL 0.05-0.2) enter
@@ -116,11 +134,22 @@ class Budget:
         return self.population * self.num_models * self.generations * self.generation_images
 
     def rpu_generation_images(self, leaf_runs: int) -> int:
-        """I_r: images per generation of an rPU-VAE run with `leaf_runs` leaf-runs that spends
-        at most C (every metaEpoch and the final run's generations; its first one doubled)."""
-        generations = (self.rpu_generations * (1 + leaf_runs * self.max_depth)
-                       + self.final_generations + 1)
-        return self.model_images // (self.population * self.num_models * generations)
+        """I_r: images per generation of the x-run and the final run of an rPU-VAE run with
+        `leaf_runs` leaf-runs, so that it spends at most C.
+
+        As the authors allocate: leaf-run metaEpochs train a fixed `leaf_generation_images` a
+        generation (theirs max(10,000, |d|), 2 % of their x-run's 480,000: subsets of a few
+        thousand images need far fewer), and the final run has one single VAE per x-run
+        member (P), twice as many in its first generation.
+        """
+        vaes = self.population * self.num_models
+        leaves = leaf_runs * self.max_depth * self.rpu_generations * vaes
+        rest = self.model_images - leaves * self.leaf_generation_images
+        images = rest // (vaes * self.rpu_generations
+                          + self.population * (self.final_generations + 1))
+        if images < 2:
+            raise ValueError(f"the leaf-runs alone spend the budget C = {self.model_images}")
+        return images
 
 
 BUDGETS = {
@@ -130,28 +159,45 @@ BUDGETS = {
     "smoke": Budget(32, (3, 2, 8, 4, 4), population=4, num_models=2, generations=2,
                     generation_images=1000, seeds=2, labels=100, eval_points=(300, 300, 150),
                     dci_mode="fast", udr_points=100, score_points=300, max_depth=1,
-                    rpu_generations=1, final_generations=1, active_kl_threshold=0.01),
-    # 11,520 images of 32 px (3 shapes, 3 scales, 5 orientations, 16 x 16 positions); 80,000
-    # model-images per run: minutes a run on 2 CPU cores.
-    "cpu": Budget(32, (1, 2, 8, 2, 2), population=4, num_models=2, generations=2,
-                  generation_images=5_000, seeds=3, labels=1000,
+                    rpu_generations=1, final_generations=1, leaf_generation_images=400,
+                    active_kl_threshold=0.01),
+    # 11,520 images of 32 px (3 shapes, 3 scales, 5 orientations, 16 x 16 positions); 480,000
+    # model-images per run, 2-3 minutes a run on 2 CPU cores. A beta-TCVAE (dlib architecture,
+    # beta 6, lr 1e-3) reaches MIG 0.12 / 0.23 / 0.31 after 21k / 92k / 191k images here
+    # (benchmarks/learning_curve.py): at this C, a baseline VAE sees 240k, a PBT-U-VAE VAE 60k.
+    "cpu": Budget(32, (1, 2, 8, 2, 2), population=4, num_models=2, generations=3,
+                  generation_images=20_000, seeds=3, labels=1000,
                   eval_points=(5_000, 5_000, 2_500), dci_mode="fast", udr_points=500,
-                  score_points=2_000, max_depth=1, rpu_generations=2, final_generations=2,
-                  active_kl_threshold=0.1),
-    # dSprites at 64 px with 10 of its 40 orientations (184,320 images: generating all 737,280
-    # takes minutes of the run); 600,000 model-images per run. Estimate for fig4 (27 runs, 16M
-    # model-images) on one H100 from shared/bench/ANCHOR.md's fused-member throughput at batch
-    # 128-256 (about 30,000-100,000 model-images/s): 5-10 minutes plus evaluation. Unmeasured.
-    "gpu": Budget(64, (1, 1, 4, 1, 1), population=4, num_models=5, generations=3,
-                  generation_images=10_000, seeds=3, labels=1000,
-                  eval_points=(10_000, 5_000, 2_500), dci_mode="fast", udr_points=1000,
-                  score_points=5_000, lr_grid=(5e-4, 1e-3, 2e-3), batch_size_grid=(128, 256),
-                  beta_grid=(4, 6, 8, 10), udr_kl_threshold=0.3),
+                  score_points=2_000, lr_grid=(1e-3, 2e-3), batch_size_grid=(64,),
+                  beta_grid=(4, 6, 8), lr_bounds=(5e-4, 4e-3), batch_size_bounds=(32, 128),
+                  beta_bounds=(2, 16), max_depth=1, rpu_generations=3, final_generations=2,
+                  leaf_generation_images=2_000, udr_kl_threshold=0.3),
+    # The cpu budget's data at 5 times its C (2,400,000 model-images per run) with the paper's 5
+    # VAEs per member: a third point on the same scale. Estimate for fig4 (27 runs, 65M
+    # model-images) on one H100 or H200 from shared/bench/ANCHOR.md's fused-member throughput
+    # (tens of thousands of model-images/s at 64 px, several times more at 32 px): 5-10 minutes
+    # plus evaluation. Unmeasured.
+    "gpu": Budget(32, (1, 2, 8, 2, 2), population=4, num_models=5, generations=3,
+                  generation_images=40_000, seeds=3, labels=1000,
+                  eval_points=(5_000, 5_000, 2_500), dci_mode="fast", udr_points=1000,
+                  score_points=2_000, lr_grid=(1e-3, 2e-3), batch_size_grid=(64, 128),
+                  beta_grid=(4, 6, 8), lr_bounds=(5e-4, 4e-3), batch_size_bounds=(32, 256),
+                  beta_bounds=(2, 16), max_depth=2, rpu_generations=3, final_generations=2,
+                  leaf_generation_images=2_000, udr_kl_threshold=0.3),
 }
+
+
+def _bounds(budget: Budget) -> list[str]:
+    """The `--set` overrides of the budget's explore bounds."""
+    bounds = {"lr": budget.lr_bounds, "batch_size": budget.batch_size_bounds,
+              "beta": budget.beta_bounds}
+    return [f"pbt.policy.{name}_{end}={value}" for name, pair in bounds.items() if pair
+            for end, value in zip(("min", "max"), pair, strict=True)]
 
 
 def _config(budget: Budget, seed: int, num_models: int, extra: list[str]) -> ExperimentConfig:
     return load_config(overrides=[
+        f"model.arch={budget.arch}", *_bounds(budget),
         f"seed={seed}", f"pbt.population={budget.population}",
         f"model.num_models={num_models}", f"train.generation_images={budget.generation_images}",
         f"pbt.policy.max_generations={budget.generations}", "pbt.policy.min_score=",
@@ -200,15 +246,16 @@ def rpu_run(dataset: data.Dataset, budget: Budget, seed: int, device: str,
     threshold = ([f"rpu.reduction.active_kl_threshold={budget.active_kl_threshold}"]
                  if budget.active_kl_threshold is not None else [])
     config = _config(budget, seed, budget.num_models, [
-        f"train.generation_images={images}", f"rpu.leaf_generation_images={images}",
+        f"train.generation_images={images}",
+        f"rpu.leaf_generation_images={budget.leaf_generation_images}",
         f"pbt.policy.max_generations={budget.rpu_generations}", f"rpu.leaf_runs={leaf_runs}",
         f"rpu.max_depth={budget.max_depth}", f"rpu.final_generations={budget.final_generations}",
-        f"rpu.final_population={budget.population * budget.num_models}",
-        "rpu.final_big_init_factor=2", *threshold])
+        f"rpu.final_population={budget.population}", "rpu.final_big_init_factor=2",
+        *threshold])
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="rpu-replicate-") as out:
         state = RPUDriver(out, config, dataset, LocalExecutor(device, progress=False),
-                          progress=False).run()
+                          progress=False, evaluate_final=False).run()
         final = state.get("final", {}).get("model") or state["metaepochs"]["x"]["model"]
         model, _ = load_vae(final, device)
     return {**_evaluate(model, 0, dataset, budget, seed),
@@ -230,6 +277,7 @@ def baseline_run(model: str, dataset: data.Dataset, budget: Budget, seed: int, d
     `semi_supervised`, Locatello et al.'s semi-supervised version on `budget.labels` labels."""
     value = grid_value(model, seed, seeds)
     options = {"seeds": 2, "images": budget.model_images // 2, "lr": 1e-3, "seed": seed,
+               "arch": budget.arch,
                "device": device, "eval_points": budget.eval_points, "dci_mode": budget.dci_mode,
                "udr_points": budget.udr_points, "udr_kl_threshold": budget.udr_kl_threshold}
     _, rows = (train_semi_supervised(dataset, model, value, labels=budget.labels, **options)
@@ -246,9 +294,9 @@ def model_selection_run(dataset: data.Dataset, budget: Budget, seed: int, device
     values = GRIDS["betatcvae"].values
     trained = [train_baseline(dataset, "betatcvae", value, seeds=2,
                               images=budget.model_images // (2 * len(values)), lr=1e-3,
-                              seed=seed, device=device, eval_points=budget.eval_points,
-                              dci_mode=budget.dci_mode, udr_points=budget.udr_points,
-                              evaluate=False)
+                              arch=budget.arch, seed=seed, device=device,
+                              eval_points=budget.eval_points, dci_mode=budget.dci_mode,
+                              udr_points=budget.udr_points, evaluate=False)
                for value in values]
     members = [member for member, _ in trained]
     position, index, _ = select_by_labels(members, dataset, budget.labels, seed=seed)
@@ -289,35 +337,60 @@ def replicate(experiments: list[str], budget_name: str, dataset_name: str, out: 
     """Runs the experiments; writes runs.csv, summary.md and the box plots to `out`.
 
     `scale` multiplies the budget's images per generation (so C, for every method alike);
-    `only` restricts the methods to these names.
+    `only` restricts the methods to these names. runs.csv is rewritten after every run, and
+    the runs it already holds are not run again: an interrupted replication continues where
+    it stopped, and one can be split over several invocations (e.g. `--method`).
     """
     budget = BUDGETS[budget_name]
     budget = dataclasses.replace(budget, generation_images=budget.generation_images * scale)
+    label = budget_name + (f" x{scale}" if scale > 1 else "")
+    rows = _previous_runs(out / "runs.csv", label, dataset_name)
+    done = {(row["experiment"], row["method"], row["seed"]) for row in rows}
     dataset = data.load(dataset_name, image_size=budget.image_size,
                         subsample=list(budget.subsample) if budget.subsample else None)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
     for experiment in experiments:
         for method, run in methods(experiment, budget, seeds).items():
             if only and method not in only:
                 continue
             for seed in range(seeds or budget.seeds):
+                if (experiment, method, seed) in done:
+                    print(f"{experiment} {method} seed {seed}: in runs.csv already", flush=True)
+                    continue
                 result = run(dataset, budget, seed, device)
                 for row in result if isinstance(result, list) else [result]:
                     rows.append({"experiment": experiment, "method": method,
-                                 "dataset": dataset_name, "seed": seed,
-                                 "budget": budget_name + (f" x{scale}" if scale > 1 else ""),
-                                 **row})
+                                 "dataset": dataset_name, "seed": seed, "budget": label, **row})
+                _write_csv_atomically(pd.DataFrame(rows), out / "runs.csv")
                 print(f"{experiment} {method} seed {seed}: MIG "
                       f"{np.nanmean([r['mig'] for r in rows if r['method'] == method]):.3f}",
                       flush=True)
     table = pd.DataFrame(rows)
-    table.to_csv(out / "runs.csv", index=False)
     (out / "summary.md").write_text(summary_markdown(table))
     for experiment in table.experiment.unique():
         plot(table[table.experiment == experiment], out / f"{experiment}.png",
              f"{experiment}, {dataset_name}, budget {budget_name}")
     return table
+
+
+def _previous_runs(path: Path, budget: str, dataset: str) -> list[dict[str, Any]]:
+    """The rows of an earlier runs.csv in the output folder, which must be of the same budget
+    and data set (the rows of one table are comparable)."""
+    if not path.exists():
+        return []
+    table = pd.read_csv(path)
+    for column, expected in (("budget", budget), ("dataset", dataset)):
+        found = set(table[column].astype(str)) - {expected} if column in table else {"?"}
+        if found:
+            raise SystemExit(f"{path}: holds runs of {column} {', '.join(sorted(found))}, not "
+                             f"{expected}; choose another --out")
+    return table.to_dict("records")
+
+
+def _write_csv_atomically(table: pd.DataFrame, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    table.to_csv(temporary, index=False)
+    os.replace(temporary, path)
 
 
 def summary_markdown(table: pd.DataFrame) -> str:

@@ -420,11 +420,17 @@ class RPUDriver:
 
     The PBT runs go to `executor`: `RayExecutor` on a cluster (`RayRPUDriver`, the actor of
     `rpu-ray run`), `LocalExecutor` in one process without Ray (`benchmarks/replicate.py`).
+
+    With `evaluate_final` (default) and ground-truth factors, the final model is evaluated
+    with the paper's protocol into `metrics.json`; callers that evaluate it their own way
+    (the replication, with its budget's points) skip that.
     """
 
     def __init__(self, out_dir: str | Path, experiment: ExperimentConfig, dataset: Dataset,
-                 executor: PBTExecutor, progress: bool = True) -> None:
+                 executor: PBTExecutor, progress: bool = True, evaluate_final: bool = True
+                 ) -> None:
         self.out_dir = Path(out_dir).resolve()
+        self.evaluate_final = evaluate_final
         self.experiment = experiment
         self.dataset = dataset
         self.executor = executor
@@ -609,7 +615,7 @@ class RPUDriver:
         final = {"status": "done", "leaf_mig": result.best_score,
                  "generations": result.generations, "model_images": result.model_images,
                  "model": str(model_path)}
-        if self.dataset.has_factors:
+        if self.dataset.has_factors and self.evaluate_final:
             model, _ = load_vae(model_path)
             metrics = evaluate_model(model, self.dataset.all_images(), self.dataset.all_factors(),
                                      seed=self.experiment.eval.score_seed,

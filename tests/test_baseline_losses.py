@@ -396,9 +396,15 @@ def test_member_trains_and_restores_from_a_checkpoint(name: str, device: str, tm
     assert all(math.isfinite(v) for key in ("loss", "recon", "kl") for v in first[key])
     save_checkpoint(tmp_path / "member.ckpt", original.state_dict())
     restored = Member(hparams, seed=2, **options)
-    restored.load_state_dict(load_checkpoint(tmp_path / "member.ckpt", map_location=device))
+    # Loaded to the CPU and copied to the device, as the Tune trainable restores a member.
+    restored.load_state_dict(load_checkpoint(tmp_path / "member.ckpt"))
 
     again, resumed = original.train(images, 24), restored.train(images, 24)
+    optimizers = [restored.optimizer]
+    optimizers += [restored.loss_fn.optimizer] if name == "factorvae" else []
+    for optimizer in optimizers:  # moments on the device, Adam's step counters on the CPU
+        assert {s["exp_avg"].device.type for s in optimizer.state.values()} == {device}
+        assert {s["step"].device.type for s in optimizer.state.values()} == {"cpu"}
     for key, value in again.items():
         if key not in ("seconds", "model_images_per_s"):
             assert resumed[key] == value, key

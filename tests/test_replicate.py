@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 from conftest import CLI_ENV
 
+from rpu_ray.pbt import PBTPolicy
+
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "replicate.py"
 _SPEC = importlib.util.spec_from_file_location("replicate", _PATH)
 replicate = importlib.util.module_from_spec(_SPEC)
@@ -55,12 +57,21 @@ def test_budget_and_methods() -> None:
         "betavae", "betatcvae", "annealedvae", "factorvae", "dipvae1", "dipvae2",
         "PBT-U-VAE", "rPU-VAE", "PBT-S-VAE"]
     assert len(replicate.methods("fig6", smoke)) == 4
-    # I_r fills C with every metaEpoch of K leaf-runs of D levels and the final run (whose first
-    # generation has twice the members), when nothing stops early.
-    for leaf_runs in range(4):
-        images = smoke.rpu_generation_images(leaf_runs)
-        slots = 1 * (1 + leaf_runs * 1) + 1 + 1
-        assert smoke.model_images - 8 * slots < 8 * slots * images <= smoke.model_images
+    # I_r fills what the leaf-runs' metaEpochs (K * D of G_r generations of P * M VAEs, I_l
+    # images each) leave of C with the x-run (G_r generations of P * M VAEs) and the final run
+    # (P single VAEs, 2P in its first generation), when nothing stops early.
+    for budget in replicate.BUDGETS.values():
+        vaes = budget.population * budget.num_models
+        for leaf_runs in range(4):
+            images = budget.rpu_generation_images(leaf_runs)
+            leaves = (leaf_runs * budget.max_depth * budget.rpu_generations * vaes
+                      * budget.leaf_generation_images)
+            slots = budget.rpu_generations * vaes + (budget.final_generations + 1) * \
+                budget.population
+            assert budget.model_images - slots < leaves + slots * images <= budget.model_images
+    assert smoke.rpu_generation_images(2) == (16_000 - 2 * 8 * 400) // (8 + 2 * 4) == 600
+    with pytest.raises(ValueError, match="leaf-runs alone spend the budget"):
+        replicate.dataclasses.replace(smoke, leaf_generation_images=1000).rpu_generation_images(2)
     assert list(replicate.methods("fig1b", smoke))[1:3] == [
         "model selection (100 labels)", "Locatello et al. (100 labels)"]
     with pytest.raises(ValueError, match="unknown experiment"):
@@ -74,6 +85,40 @@ def test_every_budget_makes_a_valid_config() -> None:
         assert config.train.generation_images == budget.generation_images, name
     # Short GPU runs leave unused latents above disentanglement_lib's 0.01 (see the field).
     assert replicate.BUDGETS["gpu"].udr_kl_threshold == 0.3
+
+
+def test_budget_sets_explore_bounds_and_architecture() -> None:
+    budget = replicate.dataclasses.replace(replicate.BUDGETS["smoke"], arch="authors",
+                                           beta_bounds=(2, 12), lr_bounds=(1e-4, 1e-2))
+    config = replicate._config(budget, 0, 2, [])
+    policy = config.pbt.policy
+    assert (policy.beta_min, policy.beta_max, policy.lr_min, policy.lr_max) == (2, 12, 1e-4, 1e-2)
+    assert policy.batch_size_max == PBTPolicy().batch_size_max  # unbounded: the default
+    assert config.model.arch == "authors"
+    gpu = replicate._config(replicate.BUDGETS["gpu"], 0, 5, []).pbt.policy
+    assert (gpu.beta_min, gpu.beta_max) == (2, 16)
+
+
+def test_replication_continues_from_its_runs_csv(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+
+    def fake_run(dataset, budget, seed, device):
+        calls.append(seed)
+        return {"mig": 0.1 * seed, "dci_disentanglement": 0.2, "model_images": 1}
+
+    monkeypatch.setattr(replicate, "methods", lambda *args: {"fake": fake_run})
+    monkeypatch.setattr(replicate, "plot", lambda *args: None)
+    first = replicate.replicate(["fig4"], "smoke", "dsprites", tmp_path, "cpu", seeds=2)
+    assert calls == [0, 1] and list(first.seed) == [0, 1]
+    # Three seeds into the same folder: only the new one runs, the table holds all three.
+    table = replicate.replicate(["fig4"], "smoke", "dsprites", tmp_path, "cpu", seeds=3)
+    assert calls == [0, 1, 2]
+    assert list(pd.read_csv(tmp_path / "runs.csv").seed) == [0, 1, 2] == list(table.seed)
+    assert not list(tmp_path.glob(".*.tmp"))
+    # Rows of another budget in the folder: refused, nothing run or written.
+    with pytest.raises(SystemExit, match=r"runs.csv: holds runs of budget smoke, not smoke x2"):
+        replicate.replicate(["fig4"], "smoke", "dsprites", tmp_path, "cpu", seeds=4, scale=2)
+    assert calls == [0, 1, 2] and len(pd.read_csv(tmp_path / "runs.csv")) == 3
 
 
 def test_baseline_values_spread_over_the_grid() -> None:

@@ -186,7 +186,10 @@ class MemberTrainable(tune.Trainable):
     def load_checkpoint(self, checkpoint: str | dict | None) -> None:
         if not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"expected a checkpoint directory, got {type(checkpoint).__name__}")
-        state = load_checkpoint(Path(checkpoint) / CHECKPOINT_FILE, map_location=self.device)
+        # Loaded to the CPU: `load_state_dict` copies weights and Adam moments to the
+        # member's device, and leaves Adam's `step` counters on the CPU, where torch keeps
+        # them (on a GPU, every optimiser step would read each one back with a sync).
+        state = load_checkpoint(Path(checkpoint) / CHECKPOINT_FILE)
         self.member.load_state_dict(state["member"])
         # The loaded state carries the donor's hyperparameters (and Adam's lr); this trial's
         # config holds the explored ones, which win (ray-notes pitfall 4).

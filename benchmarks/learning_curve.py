@@ -1,0 +1,115 @@
+"""How many images a VAE needs before it leaves the metrics' floor: MIG and UDR over training.
+
+Trains one fused member (M VAEs of one setting, as a baseline or a PBT member trains them) and
+scores it after a geometric series of image budgets: the MIG of each VAE (ground truth, on
+`--points` images) and UDR of the member (Lasso, UDR's KL filter `--udr-kl-threshold`). The
+budget a replication needs before its comparisons say anything (benchmarks/RESULTS.md,
+Replication) is read off these curves.
+
+    python benchmarks/learning_curve.py --subsample 1,2,8,2,2 --images 400000 --beta 6
+    python benchmarks/learning_curve.py --smoke          # seconds; the test suite runs it
+
+Prints one line per checkpoint and writes them as CSV (--csv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rpu_ray import data
+from rpu_ray.config import EvalConfig
+from rpu_ray.engine import Member
+from rpu_ray.evaluation import evaluation_positions, score_udr
+from rpu_ray.metrics import mig
+
+
+def checkpoints(first: int, last: int, count: int) -> list[int]:
+    """`count` image budgets from `first` to `last`, evenly spaced in log scale, rounded to
+    hundreds (distinct and increasing)."""
+    if not 0 < first <= last:
+        raise ValueError(f"need 0 < first <= last, got {first}, {last}")
+    values = np.geomspace(first, last, count)
+    return sorted({max(100, int(round(v, -2))) for v in values})
+
+
+def learning_curve(dataset: data.Dataset, hyperparameters: dict[str, float], budgets: list[int],
+                   *, num_models: int, arch: str, loss: str, seed: int, points: int,
+                   udr_points: int, udr_kl_threshold: float, device: str) -> pd.DataFrame:
+    """Trains one member to each budget in turn (images per VAE) and scores it there: one row
+    per budget with the MIG of every VAE, their mean and the member's UDR."""
+    images = dataset.all_images()
+    member = Member(hyperparameters, num_models=num_models, image_shape=images.shape[1:],
+                    arch=arch, loss=loss, seed=seed, device=device)
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    positions = evaluation_positions(len(images), points, seed)
+    factors = dataset.all_factors()[positions]
+    factors = factors[:, (factors != factors[:1]).any(axis=0)]
+    udr_config = EvalConfig(udr_points=udr_points, udr_kl_threshold=udr_kl_threshold)
+    rows, trained, started = [], 0, time.time()
+    for budget in budgets:
+        stats = member.train(tensor, budget - trained)
+        trained = budget
+        mu, _ = member.encode(tensor[torch.as_tensor(positions, device=tensor.device)])
+        codes = mu.double().cpu().numpy()
+        migs = ([mig(c, factors) for c in codes] if np.isfinite(codes).all()
+                else [float("nan")] * num_models)
+        row = {"images": budget, "mig_mean": float(np.mean(migs)),
+               **{f"mig_{i}": m for i, m in enumerate(migs)},
+               "udr": score_udr(member, tensor, udr_config)["score"],
+               "diverged": bool(stats["diverged"]), "wall_s": round(time.time() - started, 1)}
+        print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in row.items()), flush=True)
+        rows.append(row)
+        if stats["diverged"]:
+            break
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="dsprites", choices=("dsprites", "shapes3d"))
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--subsample", default="1,2,8,2,2",
+                        help="strides per factor, comma-separated (replicate.py's cpu budget)")
+    parser.add_argument("--arch", default="dlib", choices=("authors", "dlib"))
+    parser.add_argument("--loss", default="betatcvae")
+    parser.add_argument("--beta", type=float, default=6.0)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--models", type=int, default=2)
+    parser.add_argument("--images", type=int, default=400_000, help="last budget, per VAE")
+    parser.add_argument("--first", type=int, default=10_000, help="first budget, per VAE")
+    parser.add_argument("--checkpoints", type=int, default=6)
+    parser.add_argument("--points", type=int, default=5_000, help="MIG points")
+    parser.add_argument("--udr-points", type=int, default=500)
+    parser.add_argument("--udr-kl-threshold", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--csv", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: seconds on a CPU")
+    args = parser.parse_args()
+    if args.smoke:
+        args.subsample, args.images, args.first, args.checkpoints = "3,5,40,4,4", 600, 200, 2
+        args.points, args.udr_points = 200, 100
+    subsample = [int(s) for s in args.subsample.split(",")]
+    dataset = data.load(args.dataset, image_size=args.image_size, subsample=subsample)
+    print(f"{len(dataset)} images; {args.models} x {args.loss} beta {args.beta:g}, "
+          f"lr {args.lr:g}, batch {args.batch_size}, arch {args.arch}", flush=True)
+    table = learning_curve(
+        dataset, {"lr": args.lr, "batch_size": args.batch_size, "beta": args.beta},
+        checkpoints(args.first, args.images, args.checkpoints), num_models=args.models,
+        arch=args.arch, loss=args.loss, seed=args.seed, points=args.points,
+        udr_points=args.udr_points, udr_kl_threshold=args.udr_kl_threshold, device=args.device)
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+
+
+if __name__ == "__main__":
+    main()
