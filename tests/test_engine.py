@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from rpu_ray.engine import Member
 from rpu_ray.models import LossOutput
@@ -233,12 +232,7 @@ def test_training_lowers_the_loss(arch: str) -> None:
 
 
 def test_throughput_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
-    spec = importlib.util.spec_from_file_location("throughput", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rows = module.main(["--smoke"])
+    rows = load_benchmark("throughput").main(["--smoke"])
     assert [(r["variant"], r["dtype"]) for r in rows] == [("fused", "fp32"), ("looped", "fp32")]
     for row in rows:
         assert set(row["rates"]) == {4, 8}

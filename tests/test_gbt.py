@@ -4,21 +4,15 @@ transcriptions of sklearn's loops."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import load_benchmark
 from sklearn.ensemble import GradientBoostingClassifier
 
 from rpu_ray.metrics import dci
 from rpu_ray.metrics.gbt import GradientBoostedTrees, _SplitterRng, swap_partition_order
 
-_SPEC = importlib.util.spec_from_file_location(
-    "metrics_speed", Path(__file__).resolve().parents[1] / "benchmarks" / "metrics_speed.py"
-)
-metrics_speed = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(metrics_speed)
+metrics_speed = load_benchmark("metrics_speed")
 make_fixture = metrics_speed.make_fixture
 
 

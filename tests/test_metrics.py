@@ -4,13 +4,12 @@ closed-form cases and the library's own unit-test identities."""
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import reference_metrics as ref
+from conftest import load_benchmark
 
 from rpu_ray.metrics import (
     authors_pseudo_kl,
@@ -30,11 +29,7 @@ from rpu_ray.metrics import (
     udr_pairwise,
 )
 
-_SPEC = importlib.util.spec_from_file_location(
-    "metrics_speed", Path(__file__).resolve().parents[1] / "benchmarks" / "metrics_speed.py"
-)
-metrics_speed = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(metrics_speed)
+metrics_speed = load_benchmark("metrics_speed")
 make_fixture = metrics_speed.make_fixture
 make_udr_fixture = metrics_speed.make_udr_fixture
 

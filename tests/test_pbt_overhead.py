@@ -1,19 +1,15 @@
 """benchmarks/pbt_overhead.py: the idealised schedule it compares with, and its smoke run."""
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import CLI_ENV
+from conftest import CLI_ENV, load_benchmark
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "pbt_overhead.py"
-_SPEC = importlib.util.spec_from_file_location("pbt_overhead", _PATH)
-pbt_overhead = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(pbt_overhead)
+pbt_overhead = load_benchmark("pbt_overhead")
+_PATH = pbt_overhead.__file__
 
 
 @pytest.mark.parametrize(("durations", "slots", "expected"), [

@@ -1,22 +1,18 @@
 """benchmarks/replicate.py: the replication harness, at its smoke size."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import CLI_ENV
+from conftest import CLI_ENV, load_benchmark
 
 from rpu_ray.pbt import PBTPolicy
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "replicate.py"
-_SPEC = importlib.util.spec_from_file_location("replicate", _PATH)
-replicate = importlib.util.module_from_spec(_SPEC)
-sys.modules["replicate"] = replicate  # its dataclasses look their module up there
-_SPEC.loader.exec_module(replicate)
+replicate = load_benchmark("replicate")
+_PATH = replicate.__file__
 
 METRICS = ["mig", "dci_disentanglement", "dci_completeness", "dci_informativeness_test", "sap"]
 
