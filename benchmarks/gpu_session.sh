@@ -11,22 +11,31 @@
 #   fig4/runs.csv    benchmarks/replicate.py --budget gpu --experiment fig4, rewritten after
 #                    every run (the rPU-VAE and PBT methods first); summary.md and fig4.png
 #                    when every run finished
-#   log.txt          everything printed
+#   log.txt          everything printed (the replication's progress too)
 #
-# Total under 10 minutes: REPLICATE_S (default 240) seconds for the replication, at most 5.5
-# minutes for the rest (throughput 4.5, tests 1). An interrupted replication continues in a
+# At most 7 files: the device returns 8. Total under 9 minutes: REPLICATE_S (default 200)
+# seconds for the replication, at most 5.3 minutes for the rest (throughput 4.3, tests 1). An interrupted replication continues in a
 # later call from the runs.csv it left (commit it, then RESUME_CSV=that/runs.csv).
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_session.sh
 #   SMOKE=1 OUT=/tmp/gpu bash benchmarks/gpu_session.sh   # CPU, tiny sizes: checks the script
 set -u
 out=${1:-${OUT:?give the output folder as OUT or the first argument}}
-mkdir -p "$out/fig4"
-if [ -n "${RESUME_CSV:-}" ]; then cp "$RESUME_CSV" "$out/fig4/runs.csv"; fi
+out=$(mkdir -p "$out/fig4" && cd "$out" && pwd) || exit 1
+if [ -n "${RESUME_CSV:-}" ]; then
+    cp "$RESUME_CSV" "$out/fig4/runs.csv" || { echo "RESUME_CSV: cannot copy $RESUME_CSV"; exit 1; }
+fi
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 smoke=${SMOKE:-}
 exec > >(tee -a "$out/log.txt") 2>&1
+
+finish() {  # no temporary file left among those returned; the log complete
+    rm -f "$out"/fig4/.*.tmp
+    exec >&- 2>&-
+    wait
+    exit 0
+}
 
 step() {  # step SECONDS FILE COMMAND...: run under a time limit, output into FILE too
     local seconds=$1 file=$2
@@ -48,28 +57,29 @@ cat "$out/env.txt"
 
 if [ -n "$smoke" ]; then
     step 120 "$out/throughput.md" python3 benchmarks/throughput.py --smoke
-    step 300 "$out/fig4/progress.txt" python3 benchmarks/replicate.py --smoke --experiment fig4 \
-        --seeds 1 --method rPU-VAE --method betavae --out "$out/fig4"
-    exit 0
+    step 300 /dev/null python3 benchmarks/replicate.py --smoke --experiment fig4 --seeds 1 \
+        --method rPU-VAE --method betavae --out "$out/fig4"
+    finish
 fi
 
 step 60 "$out/cuda-tests.txt" python3 -m pytest -q -p no:cacheprovider \
     tests/test_baseline_losses.py -k "cuda"
 # The table prints when the whole run ends: the k-processes rows run apart, so that a limit
 # hit there leaves the main table.
-step 150 "$out/throughput.md" python3 benchmarks/throughput.py --processes
+step 140 "$out/throughput.md" python3 benchmarks/throughput.py --processes
 step 60 "$out/throughput.md" python3 benchmarks/throughput.py --variants fused --dtypes bf16 \
     --batch-sizes 256 --processes 4 8
 step 45 "$out/throughput.md" python3 benchmarks/throughput.py --arch dlib --image-size 32 \
     --variants fused --dtypes fp32 bf16 --processes
 # The methods whose order matters most first; the second call adds the baselines (runs.csv
 # already holds the first call's runs, which it skips).
-budget=${REPLICATE_S:-240}
+budget=${REPLICATE_S:-200}
 started=$(date +%s)
-step "$budget" "$out/fig4/progress.txt" python3 benchmarks/replicate.py --budget gpu \
-    --experiment fig4 --method rPU-VAE --method PBT-U-VAE --method PBT-S-VAE --out "$out/fig4"
+step "$budget" /dev/null python3 benchmarks/replicate.py --budget gpu --experiment fig4 \
+    --method rPU-VAE --method PBT-U-VAE --method PBT-S-VAE --out "$out/fig4"
 left=$(( budget - ($(date +%s) - started) ))
 if [ "$left" -gt 20 ]; then
-    step "$left" "$out/fig4/progress.txt" python3 benchmarks/replicate.py --budget gpu \
-        --experiment fig4 --out "$out/fig4"
+    step "$left" /dev/null python3 benchmarks/replicate.py --budget gpu --experiment fig4 \
+        --out "$out/fig4"
 fi
+finish

@@ -7,7 +7,7 @@ budget a replication needs before its comparisons say anything (benchmarks/RESUL
 Replication) is read off these curves.
 
     python benchmarks/learning_curve.py --subsample 1,2,8,2,2 --images 400000 --beta 6
-    python benchmarks/learning_curve.py --smoke          # seconds; the test suite runs it
+    python benchmarks/learning_curve.py --smoke          # seconds (the tests run it)
 
 Prints one line per checkpoint and writes them as CSV (--csv).
 """

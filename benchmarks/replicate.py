@@ -19,15 +19,16 @@ over all generations, as `rpu-ray pbt` exports it.
 
 rPU-VAE runs the driver of `rpu-ray run` (`rpu_ray.driver.RPUDriver`) with the in-process
 executor: an x-run, K leaf-runs of at most D metaEpochs, each a PBT-U-VAE of P members of M
-VAEs for at most G_r generations, and the final PBT-S-VAE (leaf-MIG) of P single VAEs for G_f
-generations after a first one of 2P. Its compute is split as the authors split theirs: a
-leaf-run metaEpoch trains a fixed I_l images a generation (the authors' 10,000 against their
-x-run's 480,000), and the x-run and the final run train I_r, chosen so that the run spends at
-most C when nothing stops early: I_r = (C - K * D * G_r * P * M * I_l) / (G_r * P * M +
-(G_f + 1) * P). Runs stop early (a leaf-run ends when its reduction finds nothing to cut), so
-the model-images column, the compute actually spent, can be lower. If the x-run leaves no
-active latent, there is no label and no final run: the x-run's best VAE is the final model
-(column `rpu_stop` says so).
+VAEs for at most G_r generations, and the final PBT-S-VAE (leaf-MIG) of P single VAEs in its
+first generation and the best P' = max(2, P // 2) of them in the G_f - 1 others. Its compute
+is split as the authors split theirs: a leaf-run metaEpoch trains a fixed I_l images a
+generation (the authors' 10,000 against their x-run's 480,000), and the x-run and the final
+run train I_r, chosen so that the run spends at most C when nothing stops early:
+I_r = (C - K * D * G_r * P * M * I_l) / (G_r * P * M + P + (G_f - 1) * P'). The final model
+has trained G_f * I_r images, the x-run's VAEs G_r * I_r. Runs stop early (a leaf-run ends
+when its reduction finds nothing to cut), so the model-images column, the compute actually
+spent, can be lower. If the x-run leaves no active latent, there is no label and no final
+run: the x-run's best VAE is the final model (column `rpu_stop` says so).
 
 A baseline run trains 2 VAEs (UDR compares them) of one hyperparameter value from Locatello et
 al.'s grid for C / 2 images each; both VAEs are rows. With n seeds per method the values are
@@ -61,6 +62,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 import tempfile
 import time
@@ -139,14 +142,15 @@ class Budget:
 
         As the authors allocate: leaf-run metaEpochs train a fixed `leaf_generation_images` a
         generation (theirs max(10,000, |d|), 2 % of their x-run's 480,000: subsets of a few
-        thousand images need far fewer), and the final run has one single VAE per x-run
-        member (P), twice as many in its first generation.
+        thousand images need far fewer), and the final run starts with one single VAE per
+        x-run member (P) and keeps the best half after its first generation (theirs 56 -> 28).
         """
         vaes = self.population * self.num_models
         leaves = leaf_runs * self.max_depth * self.rpu_generations * vaes
         rest = self.model_images - leaves * self.leaf_generation_images
-        images = rest // (vaes * self.rpu_generations
-                          + self.population * (self.final_generations + 1))
+        # `survivors_after_first_generation` keeps max(2, P // 2).
+        final = self.population + (self.final_generations - 1) * max(2, self.population // 2)
+        images = rest // (vaes * self.rpu_generations + final)
         if images < 2:
             raise ValueError(f"the leaf-runs alone spend the budget C = {self.model_images}")
         return images
@@ -170,7 +174,7 @@ BUDGETS = {
                   eval_points=(5_000, 5_000, 2_500), dci_mode="fast", udr_points=500,
                   score_points=2_000, lr_grid=(1e-3, 2e-3), batch_size_grid=(64,),
                   beta_grid=(4, 6, 8), lr_bounds=(5e-4, 4e-3), batch_size_bounds=(32, 128),
-                  beta_bounds=(2, 16), max_depth=1, rpu_generations=3, final_generations=2,
+                  beta_bounds=(2, 16), max_depth=1, rpu_generations=3, final_generations=3,
                   leaf_generation_images=2_000, udr_kl_threshold=0.3),
     # The cpu budget's data at 5 times its C (2,400,000 model-images per run) with the paper's 5
     # VAEs per member: a third point on the same scale. Estimate for fig4 (27 runs, 65M
@@ -182,7 +186,7 @@ BUDGETS = {
                   eval_points=(5_000, 5_000, 2_500), dci_mode="fast", udr_points=1000,
                   score_points=2_000, lr_grid=(1e-3, 2e-3), batch_size_grid=(64, 128),
                   beta_grid=(4, 6, 8), lr_bounds=(5e-4, 4e-3), batch_size_bounds=(32, 256),
-                  beta_bounds=(2, 16), max_depth=2, rpu_generations=3, final_generations=2,
+                  beta_bounds=(2, 16), max_depth=2, rpu_generations=3, final_generations=3,
                   leaf_generation_images=2_000, udr_kl_threshold=0.3),
 }
 
@@ -336,15 +340,22 @@ def replicate(experiments: list[str], budget_name: str, dataset_name: str, out: 
               only: list[str] | None = None) -> pd.DataFrame:
     """Runs the experiments; writes runs.csv, summary.md and the box plots to `out`.
 
-    `scale` multiplies the budget's images per generation (so C, for every method alike);
-    `only` restricts the methods to these names. runs.csv is rewritten after every run, and
-    the runs it already holds are not run again: an interrupted replication continues where
-    it stopped, and one can be split over several invocations (e.g. `--method`).
+    `scale` multiplies the budget's images per generation, the leaf-runs' too (so C, for
+    every method alike, and rPU-VAE's split stays as it is); `only` restricts the methods to
+    these names. runs.csv is rewritten after every run, and the runs it already holds are not
+    run again: an interrupted replication continues where it stopped, and one can be split
+    over several invocations (e.g. `--method`), as long as budget, data set and seeds are the
+    same (`budget_id`).
     """
     budget = BUDGETS[budget_name]
-    budget = dataclasses.replace(budget, generation_images=budget.generation_images * scale)
+    budget = dataclasses.replace(
+        budget, generation_images=budget.generation_images * scale,
+        leaf_generation_images=budget.leaf_generation_images * scale)
     label = budget_name + (f" x{scale}" if scale > 1 else "")
-    rows = _previous_runs(out / "runs.csv", label, dataset_name)
+    seeds = seeds or budget.seeds
+    fingerprint = budget_id(budget, seeds)
+    rows = _previous_runs(out / "runs.csv", {"budget": label, "dataset": dataset_name,
+                                             "budget_id": fingerprint})
     done = {(row["experiment"], row["method"], row["seed"]) for row in rows}
     dataset = data.load(dataset_name, image_size=budget.image_size,
                         subsample=list(budget.subsample) if budget.subsample else None)
@@ -353,14 +364,15 @@ def replicate(experiments: list[str], budget_name: str, dataset_name: str, out: 
         for method, run in methods(experiment, budget, seeds).items():
             if only and method not in only:
                 continue
-            for seed in range(seeds or budget.seeds):
+            for seed in range(seeds):
                 if (experiment, method, seed) in done:
                     print(f"{experiment} {method} seed {seed}: in runs.csv already", flush=True)
                     continue
                 result = run(dataset, budget, seed, device)
                 for row in result if isinstance(result, list) else [result]:
                     rows.append({"experiment": experiment, "method": method,
-                                 "dataset": dataset_name, "seed": seed, "budget": label, **row})
+                                 "dataset": dataset_name, "seed": seed, "budget": label,
+                                 "budget_id": fingerprint, **row})
                 _write_csv_atomically(pd.DataFrame(rows), out / "runs.csv")
                 print(f"{experiment} {method} seed {seed}: MIG "
                       f"{np.nanmean([r['mig'] for r in rows if r['method'] == method]):.3f}",
@@ -373,17 +385,24 @@ def replicate(experiments: list[str], budget_name: str, dataset_name: str, out: 
     return table
 
 
-def _previous_runs(path: Path, budget: str, dataset: str) -> list[dict[str, Any]]:
-    """The rows of an earlier runs.csv in the output folder, which must be of the same budget
-    and data set (the rows of one table are comparable)."""
+def budget_id(budget: Budget, seeds: int) -> str:
+    """A fingerprint of every size of a replication and its number of seeds (which spreads
+    the baselines' values over their grid): rows of one runs.csv must share it."""
+    text = json.dumps({**dataclasses.asdict(budget), "seeds": seeds}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _previous_runs(path: Path, expected: dict[str, str]) -> list[dict[str, Any]]:
+    """The rows of an earlier runs.csv in the output folder, which must have the `expected`
+    value in each of these columns (the rows of one table are comparable)."""
     if not path.exists():
         return []
     table = pd.read_csv(path)
-    for column, expected in (("budget", budget), ("dataset", dataset)):
-        found = set(table[column].astype(str)) - {expected} if column in table else {"?"}
+    for column, value in expected.items():
+        found = set(table[column].astype(str)) - {value} if column in table else {"none"}
         if found:
-            raise SystemExit(f"{path}: holds runs of {column} {', '.join(sorted(found))}, not "
-                             f"{expected}; choose another --out")
+            raise SystemExit(f"{path}: holds runs of another {column} "
+                             f"({', '.join(sorted(found))}, not {value}); choose another --out")
     return table.to_dict("records")
 
 

@@ -1,6 +1,7 @@
 """benchmarks/replicate.py: the replication harness, at its smoke size."""
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import CLI_ENV, load_benchmark
 
-from rpu_ray.pbt import PBTPolicy
+from rpu_ray.pbt import PBTPolicy, survivors_after_first_generation
 
 replicate = load_benchmark("replicate")
 _PATH = replicate.__file__
@@ -55,17 +56,21 @@ def test_budget_and_methods() -> None:
     assert len(replicate.methods("fig6", smoke)) == 4
     # I_r fills what the leaf-runs' metaEpochs (K * D of G_r generations of P * M VAEs, I_l
     # images each) leave of C with the x-run (G_r generations of P * M VAEs) and the final run
-    # (P single VAEs, 2P in its first generation), when nothing stops early.
+    # (single VAEs: P in generation 0, then the survivors PBT keeps), when nothing stops early.
     for budget in replicate.BUDGETS.values():
         vaes = budget.population * budget.num_models
+        final_policy = PBTPolicy(big_init_population_factor=2)
+        survivors = len(survivors_after_first_generation(
+            {str(i): float(i) for i in range(budget.population)}, final_policy))
+        final = budget.population + (budget.final_generations - 1) * survivors
         for leaf_runs in range(4):
             images = budget.rpu_generation_images(leaf_runs)
             leaves = (leaf_runs * budget.max_depth * budget.rpu_generations * vaes
                       * budget.leaf_generation_images)
-            slots = budget.rpu_generations * vaes + (budget.final_generations + 1) * \
-                budget.population
+            slots = budget.rpu_generations * vaes + final
             assert budget.model_images - slots < leaves + slots * images <= budget.model_images
-    assert smoke.rpu_generation_images(2) == (16_000 - 2 * 8 * 400) // (8 + 2 * 4) == 600
+    # cpu, fig4: C = 480,000; leaf-runs 2 x 1 x 3 x 8 x 2,000; x-run 3 x 8; final 4 + 2 x 2.
+    assert replicate.BUDGETS["cpu"].rpu_generation_images(2) == (480_000 - 96_000) // 32
     with pytest.raises(ValueError, match="leaf-runs alone spend the budget"):
         replicate.dataclasses.replace(smoke, leaf_generation_images=1000).rpu_generation_images(2)
     assert list(replicate.methods("fig1b", smoke))[1:3] == [
@@ -99,22 +104,34 @@ def test_replication_continues_from_its_runs_csv(tmp_path: Path, monkeypatch) ->
     calls = []
 
     def fake_run(dataset, budget, seed, device):
-        calls.append(seed)
+        calls.append((budget.generation_images, seed))
         return {"mig": 0.1 * seed, "dci_disentanglement": 0.2, "model_images": 1}
 
-    monkeypatch.setattr(replicate, "methods", lambda *args: {"fake": fake_run})
+    monkeypatch.setattr(replicate, "methods", lambda *args: {"a": fake_run, "b": fake_run})
     monkeypatch.setattr(replicate, "plot", lambda *args: None)
-    first = replicate.replicate(["fig4"], "smoke", "dsprites", tmp_path, "cpu", seeds=2)
-    assert calls == [0, 1] and list(first.seed) == [0, 1]
-    # Three seeds into the same folder: only the new one runs, the table holds all three.
-    table = replicate.replicate(["fig4"], "smoke", "dsprites", tmp_path, "cpu", seeds=3)
-    assert calls == [0, 1, 2]
-    assert list(pd.read_csv(tmp_path / "runs.csv").seed) == [0, 1, 2] == list(table.seed)
+    run = functools.partial(replicate.replicate, ["fig4"], "smoke", "dsprites", tmp_path, "cpu")
+    run(seeds=2, only=["a"])
+    assert calls == [(1000, 0), (1000, 1)]
+    # Into the same folder: only the runs it lacks, and the table holds them all.
+    table = run(seeds=2)
+    assert calls == [(1000, 0), (1000, 1), (1000, 0), (1000, 1)]
+    assert list(zip(table.method, table.seed, strict=True)) == [
+        ("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert pd.read_csv(tmp_path / "runs.csv").equals(table)
     assert not list(tmp_path.glob(".*.tmp"))
-    # Rows of another budget in the folder: refused, nothing run or written.
-    with pytest.raises(SystemExit, match=r"runs.csv: holds runs of budget smoke, not smoke x2"):
-        replicate.replicate(["fig4"], "smoke", "dsprites", tmp_path, "cpu", seeds=4, scale=2)
-    assert calls == [0, 1, 2] and len(pd.read_csv(tmp_path / "runs.csv")) == 3
+    # Rows of other sizes or another number of seeds (which moves the baselines' values) in
+    # the folder: refused, nothing run or written.
+    for options in ({"seeds": 3}, {"seeds": 2, "scale": 2}):
+        with pytest.raises(SystemExit, match=r"runs.csv: holds runs of another (budget|budget_id)"):
+            run(**options)
+    assert len(calls) == 4 and len(pd.read_csv(tmp_path / "runs.csv")) == 4
+    # The fingerprint covers every field of the budget and the seeds.
+    smoke = replicate.BUDGETS["smoke"]
+    assert replicate.budget_id(smoke, 2) == replicate.budget_id(
+        replicate.dataclasses.replace(smoke), 2)
+    assert replicate.budget_id(smoke, 2) != replicate.budget_id(smoke, 3)
+    assert replicate.budget_id(smoke, 2) != replicate.budget_id(
+        replicate.dataclasses.replace(smoke, leaf_generation_images=401), 2)
 
 
 def test_baseline_values_spread_over_the_grid() -> None:

@@ -187,8 +187,9 @@ class MemberTrainable(tune.Trainable):
         if not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"expected a checkpoint directory, got {type(checkpoint).__name__}")
         # Loaded to the CPU: `load_state_dict` copies weights and Adam moments to the
-        # member's device, and leaves Adam's `step` counters on the CPU, where torch keeps
-        # them (on a GPU, every optimiser step would read each one back with a sync).
+        # member's device, and Adam's `step` counters to where torch keeps them: the device
+        # for the fused Adam of the VAEs on CUDA, the CPU for FactorVAE's discriminator (a
+        # counter loaded onto the GPU there would cost a sync in every optimiser step).
         state = load_checkpoint(Path(checkpoint) / CHECKPOINT_FILE)
         self.member.load_state_dict(state["member"])
         # The loaded state carries the donor's hyperparameters (and Adam's lr); this trial's
