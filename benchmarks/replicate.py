@@ -28,7 +28,9 @@ I_r = (C - K * D * G_r * P * M * I_l) / (G_r * P * M + P + (G_f - 1) * P'). The 
 has trained G_f * I_r images, the x-run's VAEs G_r * I_r. Runs stop early (a leaf-run ends
 when its reduction finds nothing to cut), so the model-images column, the compute actually
 spent, can be lower. If the x-run leaves no active latent, there is no label and no final
-run: the x-run's best VAE is the final model (column `rpu_stop` says so).
+run: the x-run's best VAE is the final model (column `rpu_stop` says so). Column `x_labels`
+reports the factor each of the x-run's surrogate labels shares the most information with
+(`rpu_ray.evaluation.label_ground_truth`; the algorithm never sees it).
 
 A baseline run trains 2 VAEs (UDR compares them) of one hyperparameter value from Locatello et
 al.'s grid for C / 2 images each; both VAEs are rows. With n seeds per method the values are
@@ -262,8 +264,11 @@ def rpu_run(dataset: data.Dataset, budget: Budget, seed: int, device: str,
                           progress=False, evaluate_final=False).run()
         final = state.get("final", {}).get("model") or state["metaepochs"]["x"]["model"]
         model, _ = load_vae(final, device)
+    # What the x-run labelled: the factor each surrogate label shares most information with.
+    truth = state["metaepochs"]["x"].get("ground_truth", {}).get("labels", {})
     return {**_evaluate(model, 0, dataset, budget, seed),
             "udr": state["metaepochs"]["x"]["best_score"], "leaf_runs": leaf_runs,
+            "x_labels": " ".join(factor for factor, _ in truth.values()),
             "rpu_stop": state.get("stop_reason", ""),
             "metaepochs": len(state["metaepochs"]), "model_images": driver_model_images(state),
             "wall_s": time.time() - started}

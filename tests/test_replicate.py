@@ -171,3 +171,7 @@ def test_smoke_every_experiment(tmp_path: Path) -> None:
     assert ((fig6.metaepochs >= 1)
             & (fig6.metaepochs <= 1 + fig6.leaf_runs * budget.max_depth)).all()
     assert (fig6.metaepochs > 1).any()  # some leaf-run trained on a reduced subset
+    # The factors the x-run's labels match best: names of dSprites' factors (none: "").
+    names = set(replicate.data.load("dsprites", image_size=32, subsample=16).factor_names)
+    labelled = [set(labels.split()) for labels in fig6.x_labels.fillna("")]
+    assert all(found <= names for found in labelled) and any(labelled)
