@@ -14,8 +14,11 @@
 #   log.txt          everything printed (the replication's progress too)
 #
 # At most 7 files: the device returns 8. Total under 9 minutes: REPLICATE_S (default 200)
-# seconds for the replication, at most 5.3 minutes for the rest (throughput 4.3, tests 1). An interrupted replication continues in a
-# later call from the runs.csv it left (commit it, then RESUME_CSV=that/runs.csv).
+# seconds for the replication, at most 5.3 minutes for the rest (throughput 4.3, tests 1).
+# The whole of fig4 at the gpu size needs an estimated 20-30 GPU minutes: a replication
+# continues in a later call from the runs.csv the last one left (commit it, then
+# RESUME_CSV=that/runs.csv; with SKIP_CHECKS=1 and REPLICATE_S up to 540, only the
+# replication runs).
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_session.sh
 #   SMOKE=1 OUT=/tmp/gpu bash benchmarks/gpu_session.sh   # CPU, tiny sizes: checks the script
@@ -62,15 +65,17 @@ if [ -n "$smoke" ]; then
     finish
 fi
 
-step 60 "$out/cuda-tests.txt" python3 -m pytest -q -p no:cacheprovider \
-    tests/test_baseline_losses.py -k "cuda"
-# The table prints when the whole run ends: the k-processes rows run apart, so that a limit
-# hit there leaves the main table.
-step 140 "$out/throughput.md" python3 benchmarks/throughput.py --processes
-step 60 "$out/throughput.md" python3 benchmarks/throughput.py --variants fused --dtypes bf16 \
-    --batch-sizes 256 --processes 4 8
-step 45 "$out/throughput.md" python3 benchmarks/throughput.py --arch dlib --image-size 32 \
-    --variants fused --dtypes fp32 bf16 --processes
+if [ -z "${SKIP_CHECKS:-}" ]; then
+    step 60 "$out/cuda-tests.txt" python3 -m pytest -q -p no:cacheprovider \
+        tests/test_baseline_losses.py -k "cuda"
+    # The table prints when the whole run ends: the k-processes rows run apart, so that a limit
+    # hit there leaves the main table.
+    step 140 "$out/throughput.md" python3 benchmarks/throughput.py --processes
+    step 60 "$out/throughput.md" python3 benchmarks/throughput.py --variants fused --dtypes bf16 \
+        --batch-sizes 256 --processes 4 8
+    step 45 "$out/throughput.md" python3 benchmarks/throughput.py --arch dlib --image-size 32 \
+        --variants fused --dtypes fp32 bf16 --processes
+fi
 # The methods whose order matters most first; the second call adds the baselines (runs.csv
 # already holds the first call's runs, which it skips).
 budget=${REPLICATE_S:-200}

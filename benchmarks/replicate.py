@@ -52,7 +52,7 @@ plot per experiment (<experiment>.png).
 
     python benchmarks/replicate.py --smoke               # CPU, minutes; the test suite runs it
     python benchmarks/replicate.py --budget cpu --experiment fig4   # 2 CPU cores: ~75 minutes
-    python benchmarks/replicate.py --budget gpu --experiment fig4   # one H100: ~10 minutes
+    python benchmarks/replicate.py --budget gpu --experiment fig4   # one H100: 20-30 minutes
                                                                     # (estimated, unmeasured)
 
 runs.csv is rewritten after every run, and a replication into a folder that has one skips the
@@ -180,9 +180,10 @@ BUDGETS = {
                   leaf_generation_images=2_000, udr_kl_threshold=0.3),
     # The cpu budget's data at 5 times its C (2,400,000 model-images per run) with the paper's 5
     # VAEs per member: a third point on the same scale. Estimate for fig4 (27 runs, 65M
-    # model-images) on one H100 or H200 from shared/bench/ANCHOR.md's fused-member throughput
-    # (tens of thousands of model-images/s at 64 px, several times more at 32 px): 5-10 minutes
-    # plus evaluation. Unmeasured.
+    # model-images) on one H100 or H200, if a member at batch 64 is launch-bound at a few ms a
+    # step (shared/bench/ANCHOR.md): about 100,000 model-images/s for members of 5 VAEs, 40,000
+    # for the baselines' 2, so 20-30 minutes plus evaluation, more than one device call:
+    # benchmarks/gpu_session.sh runs the PBT methods first and carries runs.csv over. Unmeasured.
     "gpu": Budget(32, (1, 2, 8, 2, 2), population=4, num_models=5, generations=3,
                   generation_images=40_000, seeds=3, labels=1000,
                   eval_points=(5_000, 5_000, 2_500), dci_mode="fast", udr_points=1000,
