@@ -25,8 +25,7 @@ import torch
 from rpu_ray import data
 from rpu_ray.config import EvalConfig
 from rpu_ray.engine import Member
-from rpu_ray.evaluation import evaluation_positions, score_udr
-from rpu_ray.metrics import mig
+from rpu_ray.evaluation import score_supervised, score_udr
 
 
 def checkpoints(first: int, last: int, count: int) -> list[int]:
@@ -47,21 +46,16 @@ def learning_curve(dataset: data.Dataset, hyperparameters: dict[str, float], bud
     member = Member(hyperparameters, num_models=num_models, image_shape=images.shape[1:],
                     arch=arch, loss=loss, seed=seed, device=device)
     tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    positions = evaluation_positions(len(images), points, seed)
-    factors = dataset.all_factors()[positions]
-    factors = factors[:, (factors != factors[:1]).any(axis=0)]
-    udr_config = EvalConfig(udr_points=udr_points, udr_kl_threshold=udr_kl_threshold)
+    config = EvalConfig(mig_points=points, score_seed=seed, udr_points=udr_points,
+                        udr_kl_threshold=udr_kl_threshold)
     rows, trained, started = [], 0, time.time()
     for budget in budgets:
         stats = member.train(tensor, budget - trained)
         trained = budget
-        mu, _ = member.encode(tensor[torch.as_tensor(positions, device=tensor.device)])
-        codes = mu.double().cpu().numpy()
-        migs = ([mig(c, factors) for c in codes] if np.isfinite(codes).all()
-                else [float("nan")] * num_models)
+        migs = score_supervised(member, tensor, dataset.all_factors(), config)["model_scores"]
         row = {"images": budget, "mig_mean": float(np.mean(migs)),
                **{f"mig_{i}": m for i, m in enumerate(migs)},
-               "udr": score_udr(member, tensor, udr_config)["score"],
+               "udr": score_udr(member, tensor, config)["score"],
                "diverged": bool(stats["diverged"]), "wall_s": round(time.time() - started, 1)}
         print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                        for k, v in row.items()), flush=True)
