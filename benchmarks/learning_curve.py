@@ -46,13 +46,14 @@ def learning_curve(dataset: data.Dataset, hyperparameters: dict[str, float], bud
     member = Member(hyperparameters, num_models=num_models, image_shape=images.shape[1:],
                     arch=arch, loss=loss, seed=seed, device=device)
     tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    factors = dataset.all_factors()
     config = EvalConfig(mig_points=points, score_seed=seed, udr_points=udr_points,
                         udr_kl_threshold=udr_kl_threshold)
     rows, trained, started = [], 0, time.time()
     for budget in budgets:
         stats = member.train(tensor, budget - trained)
         trained = budget
-        migs = score_supervised(member, tensor, dataset.all_factors(), config)["model_scores"]
+        migs = score_supervised(member, tensor, factors, config)["model_scores"]
         row = {"images": budget, "mig_mean": float(np.mean(migs)),
                **{f"mig_{i}": m for i, m in enumerate(migs)},
                "udr": score_udr(member, tensor, config)["score"],
