@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import pytest
 import reference_metrics as ref
 from conftest import load_benchmark
+from sklearn.exceptions import ConvergenceWarning
 
 from rpu_ray.metrics import (
     authors_pseudo_kl,
@@ -400,6 +402,20 @@ def test_udr_float32_representations_match_reference():
     for correlation in ("lasso", "spearman"):
         expected = ref.compute_udr_sklearn(list(reps), kls, correlation)["model_scores"]
         np.testing.assert_allclose(udr(reps, kls, correlation), expected, rtol=0, atol=1e-9)
+
+
+def test_udr_lasso_keeps_the_library_iterations_without_warning():
+    # Collinear latents: sklearn's Lasso stops unconverged at 1,000 iterations and warns.
+    rs = np.random.RandomState(1)
+    z_a = rs.randn(300, 1) * rs.randn(1, 6) + 0.05 * rs.randn(300, 6)
+    z_b = z_a @ rs.randn(6, 6) + 0.01 * rs.randn(300, 6)
+    reps, kls = np.stack([z_a, z_b]), np.ones((2, 6))
+    with pytest.warns(ConvergenceWarning):
+        expected = ref.compute_udr_sklearn(list(reps), kls, "lasso")["model_scores"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = udr(reps, kls, "lasso")
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-9)
 
 
 def test_udr_spearman_nan_poisoning():

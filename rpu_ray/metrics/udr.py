@@ -18,10 +18,12 @@ scores the mean of its model scores (`udr_member_score`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import rankdata
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import Lasso
 from sklearn.preprocessing import StandardScaler
 
@@ -67,8 +69,15 @@ def _normalise(reps: np.ndarray, kls: np.ndarray) -> list[np.ndarray]:
 
 
 def _lasso_matrix(z_a: np.ndarray, z_b: np.ndarray) -> np.ndarray:
-    """|coef| of Lasso(alpha=0.1) predicting z_b from z_a, shape (latents of a, latents of b)."""
-    return np.abs(Lasso(alpha=0.1).fit(z_a, z_b).coef_).T
+    """|coef| of Lasso(alpha=0.1) predicting z_b from z_a, shape (latents of a, latents of b).
+
+    The library's Lasso stops at sklearn's default 1,000 iterations whether or not it has
+    converged; we keep that (the scores must equal the library's), so its ConvergenceWarning,
+    printed once per pair and PBT generation into every log, says nothing a user can act on.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return np.abs(Lasso(alpha=0.1).fit(z_a, z_b).coef_).T
 
 
 def _unit_ranks(z: np.ndarray) -> np.ndarray:
