@@ -25,13 +25,18 @@ def _subsample(text: str) -> int | list[int]:
     return parts[0] if len(parts) == 1 else parts
 
 
-def _add_data_options(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+def _add_data_options(parser: argparse.ArgumentParser, positional: bool = True,
+                      model_sized: bool = False) -> None:
+    """--data/spec, --image-size, --subsample, --seed; `model_sized`: the command reads a model
+    (positional `model`), whose image size is the default."""
     spec_help = "dsprites, shapes3d, or a path (.npz, .h5, image folder)"
     if positional:
         parser.add_argument("spec", help=spec_help)
     else:
         parser.add_argument("--data", dest="spec", required=True, help=spec_help)
-    parser.add_argument("--image-size", type=int, default=64, choices=(32, 64, 128))
+    parser.add_argument("--image-size", type=int, default=None if model_sized else 64,
+                        choices=(32, 64, 128),
+                        help="default: the model's" if model_sized else "default: 64")
     parser.add_argument("--subsample", type=_subsample, default=None,
                         help="a count, or one stride per factor such as 1,1,4,2,2")
     parser.add_argument("--seed", type=int, default=0)
@@ -77,13 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="MIG, DCI, SAP and per-factor MIG of an exported model on labelled data")
     evaluate.add_argument("model", help="an exported VAE (best_vae.pt, final_model.pt)")
-    _add_data_options(evaluate, positional=False)
+    _add_data_options(evaluate, positional=False, model_sized=True)
     evaluate.add_argument("--dci-mode", choices=("exact", "fast"), default="exact")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     traverse = commands.add_parser(
         "traverse", help="latent traversals of an exported model (active latents highlighted)")
     traverse.add_argument("model", help="an exported VAE (best_vae.pt, final_model.pt)")
-    _add_data_options(traverse, positional=False)
+    _add_data_options(traverse, positional=False, model_sized=True)
     traverse.add_argument("--out", required=True, help="PNG file to write")
 
     pbt = commands.add_parser(
@@ -127,8 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace):
     from rpu_ray import data
 
-    return data.load(args.spec, image_size=args.image_size, subsample=args.subsample,
-                     seed=args.seed)
+    image_size = args.image_size
+    if image_size is None:  # commands that read a model generate data of its size
+        from rpu_ray.export import load_vae
+
+        image_size = load_vae(args.model)[0].image_shape[-1]
+    return data.load(args.spec, image_size=image_size, subsample=args.subsample, seed=args.seed)
 
 
 def _data_preview(args: argparse.Namespace) -> None:
@@ -192,7 +201,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     try:
         metrics = evaluate_file(args.model, _load(args), dci_mode=args.dci_mode, seed=args.seed)
     except ValueError as err:
-        raise ConfigError(f"{args.model}: {err}") from None
+        raise ConfigError(str(err)) from None
     print(format_metrics_table(metrics))
     if args.json:
         with open(args.json, "w") as f:
@@ -203,7 +212,11 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _traverse(args: argparse.Namespace) -> None:
     from rpu_ray.report import save_traversals
 
-    print(f"wrote {save_traversals(args.model, _load(args), args.out, seed=args.seed)}")
+    try:
+        out = save_traversals(args.model, _load(args), args.out, seed=args.seed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    print(f"wrote {out}")
 
 
 def _baseline(args: argparse.Namespace) -> None:

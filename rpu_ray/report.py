@@ -141,6 +141,15 @@ def estimate_active_latents(model: VAEEnsemble, dataset: Dataset, points: int = 
     return active_latents(per_latent_kl(mu[0], logsigma[0], kl), threshold)
 
 
+def _load_vae_for(model_path: str | Path, dataset: Dataset) -> VAEEnsemble:
+    """The exported VAE at `model_path`; ValueError if it takes other images than `dataset`'s."""
+    model, _ = load_vae(model_path)
+    if tuple(dataset.images.shape[1:]) != model.image_shape:
+        raise ValueError(f"{model_path}: the model takes {model.image_shape} images, "
+                         f"{dataset.source} has {tuple(dataset.images.shape[1:])}")
+    return model
+
+
 def save_traversals(model_path: str | Path, dataset: Dataset, out_png: str | Path,
                     active: Sequence[int] | None = None, seed: int = 0, steps: int = 9,
                     span: float = 2.5) -> Path:
@@ -148,9 +157,10 @@ def save_traversals(model_path: str | Path, dataset: Dataset, out_png: str | Pat
 
     The image is position `default_rng(seed).integers(len(dataset))` of the data set. `active`
     (0-based) defaults to `estimate_active_latents` on up to 1000 images of the data set
-    (Gaussian KL > `GAUSSIAN_KL_ACTIVE_THRESHOLD`). Returns the path written.
+    (Gaussian KL > `GAUSSIAN_KL_ACTIVE_THRESHOLD`). Returns the path written; raises
+    ValueError if the data set has other images than the model.
     """
-    model, _ = load_vae(model_path)
+    model = _load_vae_for(model_path, dataset)
     position = int(np.random.default_rng(seed).integers(len(dataset)))
     if active is None:
         active = estimate_active_latents(model, dataset, seed=seed).tolist()
@@ -177,10 +187,7 @@ def evaluate_file(model_path: str | Path, dataset: Dataset, dci_mode: str = "exa
     """
     if not dataset.has_factors:
         raise ValueError(f"{dataset.source}: {NO_FACTORS} (MIG, DCI and SAP need labels)")
-    model, _ = load_vae(model_path)
-    if tuple(dataset.images.shape[1:]) != model.image_shape:
-        raise ValueError(f"{model_path}: the model takes {model.image_shape} images, "
-                         f"{dataset.source} has {tuple(dataset.images.shape[1:])}")
+    model = _load_vae_for(model_path, dataset)
     metrics = evaluate_model(model, dataset.all_images(), dataset.all_factors(), seed=seed,
                              mig_points=mig_points, dci_train=dci_train, dci_test=dci_test,
                              num_bins=num_bins, dci_mode=dci_mode)

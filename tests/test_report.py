@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from rpu_ray import data
+from rpu_ray.cli import main
 from rpu_ray.config import dump_config, load_config
 from rpu_ray.data import Dataset
 from rpu_ray.experiment import ExperimentDirError, read_events
@@ -337,6 +338,19 @@ def test_evaluate_file_needs_factors_and_matching_images(tmp_path, dataset) -> N
     wrong = Dataset(np.zeros((4, 3, 32, 32), np.uint8), np.zeros((4, 1), int), ("a",), (1,))
     with pytest.raises(ValueError, match="takes"):
         evaluate_file(path, wrong)
+
+
+def test_traverse_command_reads_the_image_size_from_the_model(tmp_path, capsys) -> None:
+    path = _export(tmp_path / "vae.pt", seed=1)
+    data_args = ["--data", "dsprites", "--subsample", "3,2,8,4,4"]
+    main(["traverse", str(path), *data_args, "--out", str(tmp_path / "t.png")])
+    assert Image.open(tmp_path / "t.png").size == traversal_grid(
+        _model(1), np.zeros(SHAPE, np.uint8), []).size
+    assert main(["traverse", str(path), *data_args, "--image-size", "64",
+                 "--out", str(tmp_path / "u.png")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "takes (1, 32, 32) images" in error and str(path) in error
+    assert not (tmp_path / "u.png").exists()
 
 
 def test_report_names_the_objective_and_its_fixed_constants(tmp_path, dataset) -> None:
