@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 ray = pytest.importorskip("ray")
 
 from rpu_ray import data  # noqa: E402
 from rpu_ray.checkpoint import load_checkpoint  # noqa: E402
 from rpu_ray.config import load_config  # noqa: E402
-from rpu_ray.driver import run_pbt  # noqa: E402
+from rpu_ray.driver import run_pbt, run_pbt_locally  # noqa: E402
 from rpu_ray.experiment import resume_pbt  # noqa: E402
 from rpu_ray.export import load_vae  # noqa: E402
 from rpu_ray.pbt import clone_seed, decisions_frame  # noqa: E402
@@ -130,6 +131,27 @@ def test_pbt_exploits_and_replaces_diverged_members(ray_session, tmp_path: Path)
     assert metadata["score"] == pytest.approx(result.best_score)
     assert (tmp_path / "pbt.png").stat().st_size > 0
     assert load_config(tmp_path / "config.yaml") == config
+
+    # The same experiment without Ray (the in-process executor of benchmarks/replicate.py)
+    # is the same run: every score and every decision, bit for bit. Ray's trials train with
+    # one torch thread (cpus_per_trial = 1), so the local run does too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_pbt_locally(config, dataset, "udr", tmp_path / "local", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert local.best_score == result.best_score
+    columns = ["member", "training_iteration", "score", "lr", "batch_size", "beta"]
+    local_results = pd.read_csv(tmp_path / "local" / "results.csv")
+    pd.testing.assert_frame_equal(
+        local_results[columns].sort_values(columns[:2], ignore_index=True),
+        results[columns].sort_values(columns[:2], ignore_index=True), check_dtype=False)
+    local_decisions = decisions_frame(tmp_path / "local" / "events.jsonl")
+    pd.testing.assert_frame_equal(local_decisions[decisions.columns.drop(
+        ["member_index", "donor_index", "member", "donor"])],
+        decisions[decisions.columns.drop(["member_index", "donor_index", "member", "donor"])])
+    assert local_decisions.member.astype(int).tolist() == decisions.member_index.tolist()
 
 
 def test_interrupted_run_resumes_where_it_stopped(ray_session, tmp_path: Path) -> None:
