@@ -429,6 +429,11 @@ class RPUDriver:
     def __init__(self, out_dir: str | Path, experiment: ExperimentConfig, dataset: Dataset,
                  executor: PBTExecutor, progress: bool = True, evaluate_final: bool = True
                  ) -> None:
+        if dataset.indices is not None:
+            # Surrogate labels record storage positions, and the final run scores members on
+            # the whole storage: a subset view would label and score other images.
+            raise ValueError(f"{dataset.source}: rPU-VAE needs a data set with storage of its "
+                             "own, not a subset view (use dataset.standalone())")
         self.out_dir = Path(out_dir).resolve()
         self.evaluate_final = evaluate_final
         self.experiment = experiment

@@ -42,6 +42,19 @@ def test_subset_is_an_index_view_not_a_copy() -> None:
     assert len(set(positions)) == 4 and positions.max() < 10
 
 
+def test_standalone_copies_a_subset_into_storage_of_its_own() -> None:
+    images, factors = images_nchw(10), np.arange(20).reshape(10, 2)
+    ds = Dataset(images, factors, ("a", "b"), (10, 20), source="mem")
+    assert ds.standalone() is ds
+    own = ds.subset([7, 2, 5]).standalone()
+    assert own.indices is None and own.images is not images
+    np.testing.assert_array_equal(own.images, images[[7, 2, 5]])
+    np.testing.assert_array_equal(own.factors, factors[[7, 2, 5]])
+    assert (own.factor_names, own.factor_sizes, own.source) == (("a", "b"), (10, 20), "mem")
+    unlabelled = Dataset(images).subset([1]).standalone()
+    assert unlabelled.factors is None and unlabelled.images.shape == (1, 1, 64, 64)
+
+
 def test_dataset_rejects_inconsistent_arrays() -> None:
     with pytest.raises(DataError, match="uint8"):
         Dataset(np.zeros((2, 1, 32, 32), np.float32))
@@ -73,6 +86,13 @@ def test_npz_and_h5_round_trip(tmp_path: Path, layout: str, kind: str) -> None:
         assert ds.source == str(tmp_path / name)
         small = data.load(tmp_path / name, image_size=32)
         np.testing.assert_array_equal(small.images, halve(original))
+        # A count subsample of a file is a data set of its own (rPU-VAE's labels refer to
+        # storage positions), the images drawn by the seed.
+        picked = data.load(tmp_path / name, subsample=3, seed=4)
+        positions = ds.sample(3, np.random.default_rng(4))
+        assert picked.indices is None
+        np.testing.assert_array_equal(picked.images, original[positions])
+        np.testing.assert_array_equal(picked.factors, labels[positions])
 
 
 def test_deepmind_dsprites_formats(tmp_path: Path) -> None:

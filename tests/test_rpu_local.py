@@ -72,6 +72,15 @@ def test_rpu_vae_runs_in_process_without_ray(squares_npz: Path, tmp_path: Path,
     assert 0.0 <= metrics["mig"] <= 1.0 and (out / "final_model.pt").exists()
 
 
+def test_driver_refuses_a_subset_view(tmp_path: Path) -> None:
+    config = load_config(preset_name="smoke")
+    view = data.load("dsprites", image_size=32, subsample=16).subset([0, 3, 5])
+    with pytest.raises(ValueError, match="standalone"):
+        RPUDriver(tmp_path, config, view, LocalExecutor("cpu", progress=False))
+    assert not any(tmp_path.iterdir())
+    RPUDriver(tmp_path, config, view.standalone(), LocalExecutor("cpu", progress=False))
+
+
 def test_local_executor_cannot_resume(tmp_path: Path) -> None:
     executor = LocalExecutor("cpu")
     assert not executor.can_resume(tmp_path, "x")

@@ -51,6 +51,9 @@ def _subsample_loaded(dataset: Dataset, subsample: int | Sequence[int], seed: in
     if isinstance(subsample, (int, np.integer)) and not isinstance(subsample, bool):
         if subsample < 1:
             raise DataError(f"{dataset.source}: subsample count must be positive")
-        return dataset.subset(dataset.sample(int(subsample), np.random.default_rng(seed)))
+        # A copy, not a subset view: the rest of the file is freed, and storage positions (what
+        # surrogate labels and Ray's object store refer to) are positions in the data set.
+        positions = dataset.sample(int(subsample), np.random.default_rng(seed))
+        return dataset.subset(positions).standalone()
     raise DataError(f"{dataset.source}: per-factor strides only apply to procedural data sets; "
                     "use a count")

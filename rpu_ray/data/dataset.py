@@ -112,6 +112,14 @@ class Dataset:
         """The images of this data set as one array (no copy when it is not a subset)."""
         return self.images if self.indices is None else self.images[self.indices]
 
+    def standalone(self) -> Dataset:
+        """This data set with storage of its own: itself when it is not a subset, else a copy
+        of its images (and factors) in which positions and storage positions coincide."""
+        if self.indices is None:
+            return self
+        return Dataset(self.all_images(), self.all_factors() if self.has_factors else None,
+                       self.factor_names, self.factor_sizes, self.source)
+
     def all_factors(self) -> np.ndarray:
         """The factors of this data set (N, F); raises DataError without factors."""
         if self.factors is None:
