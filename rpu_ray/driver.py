@@ -50,12 +50,13 @@ from rpu_ray.evaluation import (
     label_ground_truth,
     per_latent_kl,
 )
-from rpu_ray.experiment import read_events, read_jsonl
+from rpu_ray.experiment import NO_FINITE_SCORE, read_events, read_jsonl
 from rpu_ray.export import export_vae, load_vae
 from rpu_ray.labels import LabelLevel, LeafRunLabels
 from rpu_ray.pbt import HYPERPARAMETERS
 from rpu_ray.population import (
     MODES,
+    NoFiniteScoreError,
     initial_population,
     run_local_pbt,
     seed_words,
@@ -196,7 +197,7 @@ def _write_outputs(grid: Any, out_dir: Path, mode: str, num_models: int) -> PBTR
             if score is not None and score > best_score:
                 best_score, best = score, (checkpoint, metrics)
     if best is None:
-        raise RuntimeError(f"{out_dir}: no member produced a finite score and a checkpoint")
+        raise NoFiniteScoreError(f"{out_dir}: no member produced a finite score and a checkpoint")
     checkpoint, metrics = best
     payload = load_checkpoint(Path(checkpoint.path) / "member.pt")
     save_checkpoint(out_dir / "best_member.pt", payload)
@@ -491,9 +492,13 @@ class RPUDriver:
         return self.status()
 
     def _metaepoch(self, key: str, dataset: Dataset, generation_images: int) -> dict[str, Any]:
-        """One PBT-U-VAE run on `dataset` until convergence, then labelling with its best VAE."""
+        """One PBT-U-VAE run on `dataset` until convergence, then labelling with its best VAE.
+
+        Returns its state record; status "no_finite_score" when every member diverged (nothing
+        to label: the caller ends the leaf-run, as the paper does when all members score below
+        the threshold)."""
         records = self.state["metaepochs"]
-        if records.get(key, {}).get("status") == "done":
+        if records.get(key, {}).get("status") in ("done", NO_FINITE_SCORE):
             return records[key]
         directory = self.out_dir / "metaepochs" / key
         resume = key in records and self.executor.can_resume(directory, key)
@@ -506,7 +511,13 @@ class RPUDriver:
         experiment = dataclasses.replace(
             self.experiment,
             train=dataclasses.replace(self.experiment.train, generation_images=generation_images))
-        result = self.executor.run(experiment, dataset, "udr", directory, key, resume)
+        try:
+            result = self.executor.run(experiment, dataset, "udr", directory, key, resume)
+        except NoFiniteScoreError as err:
+            self._update("metaepochs", key, value={"status": NO_FINITE_SCORE,
+                                                   "size": len(dataset), "error": str(err)})
+            self._event("metaepoch_done", key=key, stop_reason=NO_FINITE_SCORE)
+            return records[key]
         level, kl, truth = self._label(directory / "best_vae.pt", dataset)
         save_label_level(directory / "labels.npz", level)
         record = {
@@ -544,8 +555,10 @@ class RPUDriver:
     def _x_run(self) -> LabelLevel | None:
         """metaEpoch 0 on the whole data set; its labels are the root of every leaf-run."""
         record = self._metaepoch("x", self.dataset, self.experiment.train.generation_images)
-        if not record["active_latents"]:
-            reason = "no active latent after the x-run: nothing to label"
+        if record["status"] == NO_FINITE_SCORE or not record["active_latents"]:
+            reason = ("no member of the x-run has a finite score (all diverged)"
+                      if record["status"] == NO_FINITE_SCORE else
+                      "no active latent after the x-run: nothing to label")
             self._update("stop_reason", value=reason)
             self._event("stopped", reason=reason)
             return None
@@ -555,7 +568,7 @@ class RPUDriver:
         """One chain of reductions and metaEpochs, starting from root interval `leaf`."""
         if self.state["leaf_runs"].get(str(leaf), {}).get("status") == "done":
             return
-        rpu, policy = self.experiment.rpu, self.experiment.pbt.policy
+        rpu = self.experiment.rpu
         levels, current, labels = [root], self.dataset, root.labels
         steps: list[dict[str, Any]] = []
         stop = "max_depth"
@@ -573,7 +586,12 @@ class RPUDriver:
             self._update("leaf_runs", str(leaf),
                          value={"status": "running", "depth": depth, "steps": list(steps)})
             record = self._metaepoch(key, current, budget)
-            if policy.min_score is not None and record["best_score"] < policy.min_score:
+            if record["status"] == NO_FINITE_SCORE:
+                stop = NO_FINITE_SCORE
+                break
+            # The authors' end condition (spec 5.2): the PBT run stopped because a
+            # generation's best score fell below the threshold, whatever it scored before.
+            if record["stop_reason"] == "below_min_score":
                 stop = "below_min_score"
                 break
             if not record["active_latents"]:

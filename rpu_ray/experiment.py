@@ -21,6 +21,9 @@ from rpu_ray.config import ExperimentConfig, load_config
 
 RUN_FILE = "run.json"
 DIR_FORMAT = 1
+# The status of a metaEpoch in an rPU-VAE run's state.json, and its leaf-run's stop reason,
+# when every member diverged: no model, no labels.
+NO_FINITE_SCORE = "no_finite_score"
 
 
 class ExperimentDirError(RuntimeError):
@@ -252,6 +255,8 @@ def status_text(directory: str | Path) -> str:
         record = epochs.get(key)
         if record is None:
             return f"{key}: pending"
+        if record["status"] == NO_FINITE_SCORE:
+            return f"{key}: {record['size']:,} images, every member diverged (no finite score)"
         if record["status"] != "done":
             generations = len(read_events(directory / "metaepochs" / key, "generation"))
             return (f"{key}: running on {record['size']:,} images, {generations} generations "

@@ -38,11 +38,18 @@ from rpu_ray.pbt import (
     survivors_after_first_generation,
 )
 
-__all__ = ["MODES", "LocalPBTResult", "build_member", "initial_population",
+__all__ = ["MODES", "LocalPBTResult", "NoFiniteScoreError", "build_member", "initial_population",
            "member_hyperparameters", "member_seed", "run_local_pbt", "score_member",
            "seed_words", "tuned_hyperparameters"]
 
 MODES = ("udr", "mig", "dci", "leafmig")
+
+
+class NoFiniteScoreError(RuntimeError):
+    """A PBT run ended without any member with a finite score (every member diverged or
+    failed), so it has no model to export. The rPU-VAE driver ends the leaf-run (or, after the
+    x-run, the whole run) instead of failing, as when every member scores below the threshold.
+    """
 
 
 def seed_words(seed: int, run: str) -> list[int]:
@@ -237,7 +244,7 @@ def run_local_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, run
         if reason is not None:
             score, index, when, config, state, model_scores = record
             if not np.isfinite(score):
-                raise RuntimeError(f"PBT run {run!r}: no member produced a finite score "
+                raise NoFiniteScoreError(f"PBT run {run!r}: no member produced a finite score "
                                    f"in {generation + 1} generations (all diverged)")
             best_member = build_member(experiment, config, int(index), run,
                                        tuple(images.shape[1:]), device)

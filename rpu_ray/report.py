@@ -34,7 +34,7 @@ from rpu_ray import data
 from rpu_ray.config import ExperimentConfig, load_config
 from rpu_ray.data import DataError, Dataset
 from rpu_ray.evaluation import encode_images, evaluate_model, per_latent_kl
-from rpu_ray.experiment import ExperimentDirError, read_events, read_run_file
+from rpu_ray.experiment import NO_FINITE_SCORE, ExperimentDirError, read_events, read_run_file
 from rpu_ray.export import load_vae
 from rpu_ray.labels import LeafRunLabels
 from rpu_ray.models import LOSSES, VAEEnsemble
@@ -502,8 +502,12 @@ class _Report:
                                 else f"not labelled ({record['stop_reason']})")
                 else:
                     epoch = self.epochs.get(key, {})
-                    labelled = (_latents(epoch["active_latents"])
-                                if epoch.get("status") == "done" else "running")
+                    if epoch.get("status") == "done":
+                        labelled = _latents(epoch["active_latents"])
+                    elif epoch.get("status") == NO_FINITE_SCORE:
+                        labelled = "not labelled (every member diverged)"
+                    else:
+                        labelled = "running"
                 rows.append((str(depth), key, f"{reduction['size']:,}", labelled, how))
             self.add(_Table(("level", "metaEpoch", "images", "labelled latents",
                              "how the subset was chosen"), rows))
@@ -523,7 +527,10 @@ class _Report:
             directory = self.directory / "metaepochs" / key
             self.add(_Heading(2, f"metaEpoch {key}"))
             model_path = directory / "best_vae.pt"
-            if record["status"] != "done":
+            if record["status"] == NO_FINITE_SCORE:
+                self.add(_Paragraph(f"Every member diverged on its {record['size']:,} images: "
+                                    "no model and no labels; the leaf-run ended here."))
+            elif record["status"] != "done":
                 generations = len(read_events(directory, "generation"))
                 self.add(_Paragraph(f"Running on {record['size']:,} images: {generations} "
                                     "generation(s) so far."))

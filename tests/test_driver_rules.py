@@ -1,0 +1,129 @@
+"""The rPU-VAE driver's stop rules, with a scripted executor instead of PBT (milliseconds).
+
+The executor returns what a PBT run would have returned (or raises what it would have
+raised); the surrogate labels are the data set's known factors, so every reduction's outcome
+is known. What is tested is the driver's bookkeeping: which leaf-run ends where and why, and
+that a resumed run does not repeat a metaEpoch that ended.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import clustered_squares
+
+from rpu_ray.config import dump_config, load_config
+from rpu_ray.data import Dataset
+from rpu_ray.driver import PBTRunResult, RPUDriver
+from rpu_ray.experiment import status_text
+from rpu_ray.export import export_vae
+from rpu_ray.labels import LabelLevel
+from rpu_ray.models import VAEEnsemble
+from rpu_ray.population import NoFiniteScoreError
+from rpu_ray.report import write_report
+
+
+class ScriptedExecutor:
+    """Runs nothing: `script[run]` is the stop reason the PBT run `run` reports (score 0.4,
+    the best over its generations) or "diverged" (NoFiniteScoreError); unscripted runs
+    converge. Every run exports a random VAE (the final model)."""
+
+    concurrent = False
+
+    def __init__(self, script: dict[str, str]) -> None:
+        self.script = script
+        self.calls: list[str] = []
+
+    def run(self, experiment, dataset, mode, out_dir, run, resume, label_chains=None):
+        self.calls.append(run)
+        outcome = self.script.get(run, "converged")
+        if outcome == "diverged":
+            raise NoFiniteScoreError(f"PBT run {run!r}: every member diverged")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        model = VAEEnsemble(1, dataset.images.shape[1:], 10, "dlib")
+        export_vae({"config": {**model.config, "num_models": 1}, "model": model.state_dict()}, 0,
+                   out_dir / "best_vae.pt", metadata={"mode": mode, "score": 0.4})
+        return PBTRunResult(out_dir, outcome, 0.4, 0, 0, 3, 0, 1000)
+
+    def can_resume(self, out_dir: Path, run: str) -> bool:
+        return False
+
+
+def _squares() -> Dataset:
+    images, factors = clustered_squares()
+    return Dataset(images[:, None], factors, ("posX", "posY"), (4, 4), "squares")
+
+
+def _driver(out: Path, executor: ScriptedExecutor) -> RPUDriver:
+    config = load_config(preset_name="smoke", overrides=[
+        "rpu.leaf_runs=2", "rpu.max_depth=2", "rpu.reduction.distance_divisor=10"])
+    driver = RPUDriver(out, config, _squares(), executor, progress=False,
+                       evaluate_final=False)
+
+    def label_with_factors(model_path: Path, dataset: Dataset):
+        # The x-run labels posX, a leaf metaEpoch posY: each reduction keeps whole positions.
+        column = 0 if model_path.parent.name == "x" else 1
+        noise = np.random.default_rng(0).normal(0.0, 0.01, len(dataset))
+        labels = (dataset.all_factors()[:, column] + noise)[:, None]
+        level = LabelLevel(dataset.storage_indices().astype(np.int64), labels, np.array([0]))
+        return level, np.ones(10), None
+
+    driver._label = label_with_factors
+    return driver
+
+
+def test_a_leaf_run_ends_when_its_pbt_run_stops_below_the_threshold(tmp_path: Path) -> None:
+    # leaf1-1 scored 0.4 at best, but its last generation fell below 0.1: the authors' end
+    # condition. leaf2 goes on to the depth limit.
+    executor = ScriptedExecutor({"leaf1-1": "below_min_score"})
+    state = _driver(tmp_path, executor).run()
+    assert state["leaf_runs"]["1"]["stop_reason"] == "below_min_score"
+    assert state["leaf_runs"]["1"]["levels"] == 1  # the root labels only
+    assert state["leaf_runs"]["2"]["stop_reason"] == "max_depth"
+    assert state["leaf_runs"]["2"]["levels"] == 3
+    assert executor.calls == ["x", "leaf1-1", "leaf2-1", "leaf2-2", "final"]
+    assert state["final"]["status"] == "done"
+
+
+def test_a_diverged_metaepoch_ends_its_leaf_run_and_is_not_repeated(tmp_path: Path) -> None:
+    executor = ScriptedExecutor({"leaf1-2": "diverged"})
+    state = _driver(tmp_path, executor).run()
+    assert state["metaepochs"]["leaf1-2"]["status"] == "no_finite_score"
+    assert state["leaf_runs"]["1"]["stop_reason"] == "no_finite_score"
+    assert state["leaf_runs"]["1"]["levels"] == 2  # root and leaf1-1's labels
+    assert state["leaf_runs"]["2"]["stop_reason"] == "max_depth"
+    assert state["phase"] == "done" and state["final"]["status"] == "done"
+    assert "leaf1-2" in executor.calls
+    # `rpu-ray status` and the report say what happened, not "running".
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "rpu", "run": "rpu", "format": 1}))
+    dump_config(load_config(preset_name="smoke"), tmp_path / "config.yaml")
+    assert "leaf1-2: 24 images, every member diverged" in status_text(tmp_path)
+    report, _ = write_report(tmp_path, _squares())
+    assert "Every member diverged on its 24 images" in report.read_text()
+    # Resumed after the leaf-run's bookkeeping was lost: the ended metaEpoch is not rerun.
+    del state["leaf_runs"]["1"], state["final"]
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    again = ScriptedExecutor({})
+    resumed = _driver(tmp_path, again).run()
+    assert again.calls == ["final"]
+    assert resumed["leaf_runs"]["1"]["stop_reason"] == "no_finite_score"
+
+
+def test_a_diverged_x_run_stops_the_run_without_a_final_model(tmp_path: Path) -> None:
+    executor = ScriptedExecutor({"x": "diverged"})
+    state = _driver(tmp_path, executor).run()
+    assert executor.calls == ["x"]
+    assert "diverged" in state["stop_reason"] and "final" not in state
+    assert not (tmp_path / "final_model.pt").exists()
+
+
+@pytest.mark.parametrize("reason", ["converged", "max_generations"])
+def test_other_stop_reasons_go_deeper(tmp_path: Path, reason: str) -> None:
+    executor = ScriptedExecutor({"leaf1-1": reason})
+    state = _driver(tmp_path, executor).run()
+    assert state["leaf_runs"]["1"]["levels"] == 3
