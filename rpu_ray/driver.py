@@ -542,7 +542,8 @@ class RPUDriver:
         model, _ = load_vae(model_path)
         mu, logsigma = encode_images(model, dataset.all_images())
         kl = per_latent_kl(mu[0], logsigma[0], self.experiment.eval.kl)
-        active = active_latents(kl, self.experiment.rpu.reduction.active_kl_threshold)
+        active = active_latents(kl, self.experiment.rpu.reduction.active_threshold(
+            self.experiment.eval.kl))
         level = LabelLevel(dataset.storage_indices().astype(np.int64), mu[0][:, active], active)
         truth = None
         if dataset.has_factors:

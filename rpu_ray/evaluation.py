@@ -63,7 +63,11 @@ def _encode(member: Member, images: torch.Tensor, positions: np.ndarray
 
 
 def _per_model_kl(mu: np.ndarray, logsigma: np.ndarray, config: EvalConfig) -> np.ndarray:
-    """(M, z) per-latent KL of each model (the authors' version in UDR's batches of 10)."""
+    """(M, z) per-latent KL of each model (the authors' version in UDR's batches of 10, over
+    the points that fill whole batches: their UDR data set drops the rest, spec 3.3)."""
+    if config.kl == "authors":
+        whole = len(mu[0]) - len(mu[0]) % config.udr_batch_size
+        mu, logsigma = mu[:, :whole], logsigma[:, :whole]
     return np.stack([per_latent_kl(m, s, config.kl, config.udr_batch_size)
                      for m, s in zip(mu, logsigma, strict=True)])
 
@@ -200,13 +204,19 @@ def encode_images(model: VAEEnsemble, images: np.ndarray, batch_size: int = 512
 def per_latent_kl(mu: np.ndarray, logsigma: np.ndarray, kind: str, batch_size: int = 32
                   ) -> np.ndarray:
     """Per-latent KL (z,) of one model's (N, z) posteriors: the true Gaussian KL, or the
-    authors' pseudo-KL over whole batches (they label in batches of 32, spec 5.3)."""
+    authors' pseudo-KL over consecutive batches (they label in batches of 32, spec 5.3),
+    averaged unweighted over the batches. A last partial batch counts as one batch, as in
+    their unshuffled DataLoader; the UDR points are a whole number of batches."""
     if kind == "gaussian":
         return gaussian_kl(mu, logsigma)
-    usable = len(mu) - len(mu) % batch_size
-    if usable == 0:
-        raise ValueError(f"the authors' pseudo-KL needs at least {batch_size} images")
-    return authors_pseudo_kl(mu[:usable], logsigma[:usable], batch_size)
+    if len(mu) == 0:
+        raise ValueError("the authors' pseudo-KL needs at least one point")
+    whole, rest = divmod(len(mu), batch_size)
+    cut = whole * batch_size
+    total = whole * authors_pseudo_kl(mu[:cut], logsigma[:cut], batch_size) if whole else 0.0
+    if rest:
+        total = total + authors_pseudo_kl(mu[cut:], logsigma[cut:], rest)
+    return total / (whole + (rest > 0))
 
 
 def label_ground_truth(codes: np.ndarray, active: np.ndarray, factors: np.ndarray,

@@ -135,8 +135,10 @@ class ReductionConfig:
     """Every constant of the reduction; defaults are the authors' values.
 
     Attributes:
-      active_kl_threshold: a latent is active if its KL > this. The default goes with the true
-        Gaussian KL; use `PSEUDO_KL_ACTIVE_THRESHOLD` (1.0) with the authors' pseudo-KL.
+      active_kl_threshold: a latent is active if its KL > this. None (default): the value
+        calibrated for the KL in use (`active_threshold`): `GAUSSIAN_KL_ACTIVE_THRESHOLD` for
+        the true Gaussian KL, the authors' `PSEUDO_KL_ACTIVE_THRESHOLD` (1.0) for their
+        pseudo-KL (`eval.kl: authors`).
       tail_divisor: edge = (N-1) // tail_divisor gaps at each end are ignored by the peak search.
       distance_divisor: find_peaks distance = (N-1) // distance_divisor (fixed mode: at least 1).
       outlier_sds: gaps >= median + outlier_sds * std are left out of the spread estimate sd.
@@ -148,7 +150,7 @@ class ReductionConfig:
       compat: reproduce the authors' code instead of the fixed behaviour (module docstring).
     """
 
-    active_kl_threshold: float = GAUSSIAN_KL_ACTIVE_THRESHOLD
+    active_kl_threshold: float | None = None
     tail_divisor: int = 15
     distance_divisor: int = 50
     outlier_sds: float = 4.0
@@ -160,7 +162,7 @@ class ReductionConfig:
     compat: bool = False
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.active_kl_threshold):
+        if self.active_kl_threshold is not None and not math.isfinite(self.active_kl_threshold):
             raise ValueError(f"active_kl_threshold must be finite, got {self.active_kl_threshold}")
         # 2 * edge must stay below the number of gaps, so the trimmed gaps are never empty.
         if self.tail_divisor < 3:
@@ -172,6 +174,13 @@ class ReductionConfig:
             raise ValueError("outlier_sds must be > 0 and height_sds >= 0")
         if not 0.0 <= self.peak_side_cutoff < 0.5:
             raise ValueError(f"peak_side_cutoff must be in [0, 0.5), got {self.peak_side_cutoff}")
+
+    def active_threshold(self, kl: str) -> float:
+        """The active-latent threshold for KL values of kind `kl` ("gaussian" or "authors",
+        `rpu_ray.evaluation.per_latent_kl`)."""
+        if self.active_kl_threshold is not None:
+            return self.active_kl_threshold
+        return PSEUDO_KL_ACTIVE_THRESHOLD if kl == "authors" else GAUSSIAN_KL_ACTIVE_THRESHOLD
 
     @classmethod
     def authors(cls) -> ReductionConfig:

@@ -422,7 +422,7 @@ class _Report:
                                      else str(policy.min_score)),
             ("leaf-runs x max depth", f"{rpu.leaf_runs} x {rpu.max_depth}"),
             ("active latent threshold", f"KL ({c.eval.kl}) > "
-                                        f"{rpu.reduction.active_kl_threshold}"),
+                                        f"{rpu.reduction.active_threshold(c.eval.kl)}"),
             ("final run", f"{rpu.final_population or c.pbt.population} members of "
                           f"{rpu.final_num_models} VAE(s), {rpu.final_generations} generations"),
             ("scoring", f"UDR on {c.eval.udr_points:,} images, leaf-MIG on up to "
@@ -559,7 +559,8 @@ class _Report:
             model_path = self.directory / "final_model.pt"
             if self.dataset is not None and model_path.exists():
                 model, _ = load_vae(model_path)
-                kl, threshold = self.config.eval.kl, self.config.rpu.reduction.active_kl_threshold
+                kl = self.config.eval.kl
+                threshold = self.config.rpu.reduction.active_threshold(kl)
                 active = estimate_active_latents(model, self.dataset, threshold=threshold,
                                                  kl=kl).tolist()
                 self.add(_Paragraph(

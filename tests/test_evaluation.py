@@ -12,6 +12,7 @@ from rpu_ray.evaluation import (
     best_model,
     evaluation_positions,
     label_ground_truth,
+    per_latent_kl,
     score_supervised,
     score_udr,
 )
@@ -61,6 +62,20 @@ def test_udr_score_is_the_mean_of_udr_model_scores(member_and_images, kl: str) -
     np.testing.assert_allclose(result["model_scores"], expected, rtol=0, atol=1e-12)
     assert result["score"] == pytest.approx(float(np.mean(expected)), abs=1e-12)
     np.testing.assert_allclose(result["kl"], kls, rtol=1e-12)
+
+
+@pytest.mark.parametrize("num_points", [20, 64, 70])
+def test_labelling_pseudo_kl_counts_a_partial_last_batch_as_one_batch(num_points: int) -> None:
+    # The authors label with an unshuffled DataLoader of batch 32 that keeps the last partial
+    # batch; their pseudo-KL is the unweighted mean of the per-batch vectors (spec 5.3).
+    rs = np.random.RandomState(num_points)
+    mu, logsigma = rs.randn(num_points, 10), rs.randn(num_points, 10) - 1.0
+    batches = [authors_pseudo_kl(mu[i:i + 32], logsigma[i:i + 32], len(mu[i:i + 32]))
+               for i in range(0, num_points, 32)]
+    np.testing.assert_allclose(per_latent_kl(mu, logsigma, "authors"), np.mean(batches, axis=0),
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="at least one point"):
+        per_latent_kl(mu[:0], logsigma[:0], "authors")
 
 
 def test_supervised_scores_drop_constant_factors_and_respect_the_label_budget(

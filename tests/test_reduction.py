@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from rpu_ray.reduction import (
+    GAUSSIAN_KL_ACTIVE_THRESHOLD,
+    PSEUDO_KL_ACTIVE_THRESHOLD,
     STOP_BELOW_MIN_SIZE,
     STOP_CHOICE_UNAVAILABLE,
     STOP_NO_ACTIVE_LATENT,
@@ -331,7 +333,7 @@ def test_disjoint_best_intervals_give_no_intersection() -> None:
 
 def test_no_active_latent() -> None:
     kl = np.array([0.3, 0.9, 0.05])
-    idx = active_latents(kl, FIXED.active_kl_threshold)
+    idx = active_latents(kl, FIXED.active_threshold("gaussian"))
     assert idx.size == 0 and idx.dtype == np.int64
     means = np.random.default_rng(0).normal(size=(500, 3))
     for config in (FIXED, COMPAT):
@@ -344,6 +346,14 @@ def test_active_latents_threshold_is_strict() -> None:
     np.testing.assert_array_equal(active_latents(kl, 1.0), [1, 3])
     assert ReductionConfig.authors().active_kl_threshold == 1.0
     assert ReductionConfig.authors().compat
+
+
+def test_active_threshold_follows_the_kind_of_kl_unless_set() -> None:
+    default = ReductionConfig()
+    assert default.active_threshold("gaussian") == GAUSSIAN_KL_ACTIVE_THRESHOLD
+    assert default.active_threshold("authors") == PSEUDO_KL_ACTIVE_THRESHOLD == 1.0
+    for kl in ("gaussian", "authors"):
+        assert ReductionConfig(active_kl_threshold=0.3).active_threshold(kl) == 0.3
 
 
 def test_too_few_points() -> None:
