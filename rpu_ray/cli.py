@@ -264,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rpu_ray.checkpoint import CheckpointError
     from rpu_ray.data import DataError
     from rpu_ray.experiment import ExperimentDirError
+    from rpu_ray.labels import LabelFileError
 
     handlers = {("data", "preview"): _data_preview, ("data", "info"): _data_info,
                 ("pbt", None): _pbt, ("run", None): _run, ("resume", None): _resume,
@@ -272,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("baseline", None): _baseline}
     try:
         handlers[(args.command, getattr(args, "data_command", None))](args)
-    except (DataError, ConfigError, ExperimentDirError, CheckpointError) as err:
+    except (DataError, ConfigError, ExperimentDirError, CheckpointError, LabelFileError) as err:
         print(f"rpu-ray: error: {err}", file=sys.stderr)
         return 2
     return 0

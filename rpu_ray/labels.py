@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+
+class LabelFileError(ValueError):
+    """A surrogate-label file cannot be read; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -64,13 +69,19 @@ class LeafRunLabels:
 
     @classmethod
     def load(cls, path: str | Path) -> LeafRunLabels:
-        with np.load(path, allow_pickle=False) as archive:
-            count = sum(1 for key in archive.files if key.endswith("_indices"))
-            levels = [LabelLevel(archive[f"level{t}_indices"].astype(np.int64),
-                                 archive[f"level{t}_labels"].astype(np.float64),
-                                 archive[f"level{t}_latents"].astype(np.int64))
-                      for t in range(count)]
-            return cls(int(archive["leaf"]), levels)
+        """Read a file written by `save`; `LabelFileError` if it is missing or malformed."""
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                count = sum(1 for key in archive.files if key.endswith("_indices"))
+                levels = [LabelLevel(archive[f"level{t}_indices"].astype(np.int64),
+                                     archive[f"level{t}_labels"].astype(np.float64),
+                                     archive[f"level{t}_latents"].astype(np.int64))
+                          for t in range(count)]
+                return cls(int(archive["leaf"]), levels)
+        except KeyError as err:
+            raise LabelFileError(f"{path}: not a surrogate-label file (no array {err})") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise LabelFileError(f"{path}: cannot read surrogate labels ({err})") from None
 
     def to_frame(self) -> pd.DataFrame:
         """Long format: one row per (level, image) with columns `leaf`, `level`, `index` and

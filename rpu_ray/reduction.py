@@ -274,7 +274,8 @@ class Reduction:
         return 0 if self.indices is None else int(self.indices.size)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready summary without the indices (for the driver's state and the report)."""
+        """JSON-ready summary without the indices (for the driver's state and the report);
+        strict JSON: infinite heights and scores (the ends of the data) become None."""
         return {
             "stop_reason": self.stop_reason,
             "message": self.message,
@@ -285,14 +286,19 @@ class Reduction:
             "latents": [
                 {
                     "num_peaks": lat.num_peaks,
-                    "height_threshold": lat.height_threshold,
+                    "height_threshold": _finite_or_none(lat.height_threshold),
                     "num_intervals": lat.num_intervals,
                     "num_candidates": lat.num_candidates,
-                    "chosen": None if lat.chosen is None else dataclasses.asdict(lat.chosen),
+                    "chosen": None if lat.chosen is None else {
+                        k: _finite_or_none(v) for k, v in dataclasses.asdict(lat.chosen).items()},
                 }
                 for lat in self.latents
             ],
         }
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def active_latents(kl: np.ndarray, threshold: float) -> np.ndarray:

@@ -471,5 +471,9 @@ def test_as_dict_is_json_ready() -> None:
     decoded = json.loads(json.dumps(summary))
     assert decoded["size"] == 200 and decoded["stop_reason"] is None
     assert decoded["latents"][0]["chosen"]["stop"] - decoded["latents"][0]["chosen"]["start"] == 200
+    # The outer clusters are bounded by the ends of the data (infinite heights): strict JSON.
+    for choice in range(4):
+        outer = reduce(values[:, None], choice, FIXED).as_dict()
+        json.dumps(outer, allow_nan=False)
     stopped = reduce(np.arange(100.0)[:, None], 0, FIXED).as_dict()
     assert stopped["stop_reason"] == STOP_NO_PEAK and stopped["size"] == 0
