@@ -37,6 +37,7 @@ step; a diverged generation stops within that many steps.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -432,8 +433,11 @@ class Member:
         """
         if dict(state["config"]) != self.config:
             raise ValueError(f"state of a different member configuration: {state['config']}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.model.load_state_dict(state["model"])  # copies into this member's parameters
+        # torch's Optimizer.load_state_dict keeps the given moment tensors when their device
+        # and dtype already match: two clones loaded from one in-memory donor state would
+        # share (and both update) one set of Adam moments and step counters.
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.loss_fn.load_state_dict(state["loss"])
         if self.supervised is not None:
             self.supervised.load_state_dict(state["supervised"])

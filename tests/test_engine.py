@@ -180,6 +180,25 @@ def test_state_round_trip_continues_identically() -> None:
         _member(num_models=3).load_state_dict(state)
 
 
+def test_clones_of_one_in_memory_state_train_independently() -> None:
+    # PBT in one process clones two members from the same donor state (no file in between):
+    # each must continue as the donor would, not share Adam's moments and step counters.
+    images = _images(30)
+    donor = _member(seed=1)
+    donor.train(images, 40)
+    state = donor.state_dict()
+    donor_steps = float(state["optimizer"]["state"][0]["step"])
+    first, second = _member(seed=2), _member(seed=3)
+    first.load_state_dict(state)
+    second.load_state_dict(state)
+    first.train(images, 40)
+    second_alone = _member(seed=4)
+    second_alone.load_state_dict(state)
+    assert second.train(images, 40)["loss"] == second_alone.train(images, 40)["loss"]
+    _assert_same_state(second, second_alone)
+    assert float(donor.optimizer.state_dict()["state"][0]["step"]) == donor_steps
+
+
 def test_set_hyperparameters_after_loading() -> None:
     member = _member()
     member.load_state_dict(_member(seed=5).state_dict())
