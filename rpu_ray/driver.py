@@ -162,7 +162,9 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
     if resume:
         if not tune.Tuner.can_restore(str(storage / run)):
             raise FileNotFoundError(f"{storage / run}: no Tune experiment to resume")
-        tuner = tune.Tuner.restore(str(storage / run), trainable=trainable, resume_errored=True)
+        # Members that failed for good stay failed (the scheduler leaves them out): restarted
+        # at their old generation they would complete barriers the others have passed.
+        tuner = tune.Tuner.restore(str(storage / run), trainable=trainable)
     else:
         dump_config(experiment, out_dir / "config.yaml")
         scheduler = GenerationalPBT(

@@ -159,8 +159,17 @@ class GenerationalPBT(PopulationBasedTraining):
             state.last_train_time = state.last_perturbation_time = iteration
             state.last_result = trial.last_result
             state.last_score = self._metric_op * trial.last_result.get("score", -math.inf)
-        times = [s.last_train_time for s in self._trial_state.values()]
-        self._next_perturbation_sync = min(times) + self._perturbation_interval
+            # Tune re-adds finished trials too. A member that ended before the run (dropped by
+            # a big initial population, or failed for good) stays out: its old iteration must
+            # not pull the next barrier back to a generation the others have passed.
+            if trial.status == Trial.TERMINATED:
+                self._dropped.add(trial)
+            elif trial.status == Trial.ERROR:
+                self._failed.add(trial)
+        times = [s.last_train_time for t, s in self._trial_state.items()
+                 if t not in self._dropped | self._failed]
+        if times:
+            self._next_perturbation_sync = min(times) + self._perturbation_interval
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         # The controller is needed at the barrier (`_quantiles`, which Ray calls without it).
