@@ -352,7 +352,9 @@ class Member:
         assert sums is not None  # budget_images >= 2 and N >= 2 make at least one step
         means = (sums / seen).tolist()  # synchronises with the device
         seconds = time.perf_counter() - start
-        diverged = diverged or not all(np.isfinite(means[0]))
+        # The last step's update can make weights non-finite behind a finite loss (which was
+        # computed before it): such a member would score finitely and be cloned.
+        diverged = diverged or not all(np.isfinite(means[0])) or not self._state_is_finite()
         self.total_steps += steps
         self.total_images += seen
         return {
@@ -364,6 +366,12 @@ class Member:
             "model_images_per_s": self.num_models * seen / seconds,
             "diverged": diverged,
         }
+
+    def _state_is_finite(self) -> bool:
+        """Whether every parameter and buffer (BatchNorm statistics) is finite; one sync."""
+        tensors = [t for t in (*self.model.parameters(), *self.model.buffers())
+                   if t.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
     def _batches(self, num_images: int, batch_size: int, budget: int) -> Iterator[Tensor]:
         """Index tensors of the batches of one generation (see the module docstring)."""

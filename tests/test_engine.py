@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
@@ -153,6 +154,23 @@ def test_divergence_is_flagged_without_raising(cause: str) -> None:
     assert result["steps"] < 64  # the generation ended early
     healthy = _member().train(_images(32), 16)
     assert healthy["diverged"] is False
+
+
+def test_weights_made_non_finite_by_the_last_step_mark_the_member_diverged() -> None:
+    member = _member()
+    step = member.optimizer.step
+
+    def step_then_overflow(*args, **kwargs):
+        result = step(*args, **kwargs)
+        with torch.no_grad():
+            member.model.decoder[0].weight[0, 0] = float("inf")
+        return result
+
+    member.optimizer.step = step_then_overflow
+    # One step: its loss was computed before the update.
+    result = member.train(_images(32), member.batch_size_for(32))
+    assert result["steps"] == 1 and all(math.isfinite(v) for v in result["loss"])
+    assert result["diverged"] is True
 
 
 def test_state_round_trip_continues_identically() -> None:
