@@ -38,6 +38,7 @@ step; a diverged generation stops within that many steps.
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -449,7 +450,15 @@ class Member:
         self.loss_fn.load_state_dict(state["loss"])
         if self.supervised is not None:
             self.supervised.load_state_dict(state["supervised"])
-        self.generator.set_state(state["generator"].cpu())
+        generator_state = state["generator"].cpu()
+        if generator_state.numel() == self.generator.get_state().numel():
+            self.generator.set_state(generator_state)
+        else:
+            # Saved on another kind of device (a CUDA generator's state is 16 bytes, a CPU
+            # one's 5,056), e.g. a trial restored on a node without a GPU: continue with a
+            # stream derived from that state, so the restore stays deterministic.
+            digest = hashlib.sha256(generator_state.numpy().tobytes()).digest()
+            self.generator.manual_seed(int.from_bytes(digest[:8], "little"))
         self.total_steps = int(state["total_steps"])
         self.total_images = int(state["total_images"])
         self._hparams = {}

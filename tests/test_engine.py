@@ -217,6 +217,18 @@ def test_clones_of_one_in_memory_state_train_independently() -> None:
     assert float(donor.optimizer.state_dict()["state"][0]["step"]) == donor_steps
 
 
+def test_a_state_saved_on_another_device_kind_restores_deterministically() -> None:
+    # A CUDA generator's state is 16 bytes; a CPU member cannot take it as it is.
+    images = _images(30)
+    state = _member(seed=1).state_dict()
+    state["generator"] = torch.arange(16, dtype=torch.uint8)
+    first, second = _member(seed=2), _member(seed=3)
+    first.load_state_dict(state)
+    second.load_state_dict(state)
+    assert first.train(images, 40)["loss"] == second.train(images, 40)["loss"]
+    _assert_same_state(first, second)
+
+
 def test_set_hyperparameters_after_loading() -> None:
     member = _member()
     member.load_state_dict(_member(seed=5).state_dict())
