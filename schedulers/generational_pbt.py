@@ -335,13 +335,15 @@ class GenerationalPBT(PopulationBasedTraining):
 
     def _hand_over(self, checkpoint: Checkpoint, clone: Trial) -> Checkpoint:
         """A copy of `checkpoint` that only `clone` uses, in `handover/` of the experiment
-        (on the same storage). Copies made at earlier barriers are deleted: by this barrier
-        every clone of the previous one has restored and saved checkpoints of its own."""
+        (on the same storage). Copies made two barriers ago or earlier are deleted: a clone of
+        the previous barrier may still be saving its first checkpoint of its own at this one
+        (its save can fail, or the driver die), and until then the copy is what it restores
+        from; by this barrier every clone of the one before has a checkpoint of its own."""
         filesystem = checkpoint.filesystem
         generation = len(self.best_scores) - 1
-        for path in [p for g, p in self._handovers if g < generation]:
+        for path in [p for g, p in self._handovers if g < generation - 1]:
             filesystem.delete_dir(path)
-        self._handovers = [(g, p) for g, p in self._handovers if g >= generation]
+        self._handovers = [(g, p) for g, p in self._handovers if g >= generation - 1]
         experiment = posixpath.dirname(posixpath.dirname(checkpoint.path))
         target = posixpath.join(experiment, "handover", f"{clone.trial_id}-{generation}")
         filesystem.create_dir(target)

@@ -82,9 +82,10 @@ def test_pbt_exploits_and_replaces_diverged_members(ray_session, tmp_path: Path)
     trials = sorted((tmp_path / "tune" / "pbt").glob("MemberTrainable_*"))
     assert len(trials) == 4 and all(any(d.glob("events.out.tfevents.*")) for d in trials)
     # Clones restore from copies of their donors' checkpoints; only the copies of the last
-    # barrier with an exploit are kept (one clone per barrier in a population of 4).
-    handed = list((tmp_path / "tune" / "pbt" / "handover").iterdir())
-    assert len(handed) == 1 and (handed[0] / "member.pt").exists()
+    # two barriers are kept (one clone per barrier in a population of 4, barriers 0 and 1).
+    handed = sorted((tmp_path / "tune" / "pbt" / "handover").iterdir())
+    assert [p.name.rsplit("-", 1)[1] for p in handed] == ["0", "1"]
+    assert all((p / "member.pt").exists() for p in handed)
     results = pd.read_csv(tmp_path / "results.csv")
     # Every member's every generation, also the rows from before a member was cloned.
     assert len(results) == 4 * 3
