@@ -83,8 +83,8 @@ def test_pbt_exploits_and_replaces_diverged_members(ray_session, tmp_path: Path)
     assert len(trials) == 4 and all(any(d.glob("events.out.tfevents.*")) for d in trials)
     # Clones restore from copies of their donors' checkpoints; only the copies of the last
     # two barriers are kept (one clone per barrier in a population of 4, barriers 0 and 1).
-    handed = sorted((tmp_path / "tune" / "pbt" / "handover").iterdir())
-    assert [p.name.rsplit("-", 1)[1] for p in handed] == ["0", "1"]
+    handed = list((tmp_path / "tune" / "pbt" / "handover").iterdir())
+    assert sorted(p.name.rsplit("-", 1)[1] for p in handed) == ["0", "1"]
     assert all((p / "member.pt").exists() for p in handed)
     results = pd.read_csv(tmp_path / "results.csv")
     # Every member's every generation, also the rows from before a member was cloned.
