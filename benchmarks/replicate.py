@@ -375,14 +375,15 @@ def replicate(experiments: list[str], budget_name: str, dataset_name: str, out: 
                     print(f"{experiment} {method} seed {seed}: in runs.csv already", flush=True)
                     continue
                 result = run(dataset, budget, seed, device)
-                for row in result if isinstance(result, list) else [result]:
-                    rows.append({"experiment": experiment, "method": method,
-                                 "dataset": dataset_name, "seed": seed, "budget": label,
-                                 "budget_id": fingerprint, **row})
+                new_rows = result if isinstance(result, list) else [result]
+                rows += [{"experiment": experiment, "method": method, "dataset": dataset_name,
+                          "seed": seed, "budget": label, "budget_id": fingerprint, **row}
+                         for row in new_rows]
                 _write_csv_atomically(pd.DataFrame(rows), out / "runs.csv")
-                print(f"{experiment} {method} seed {seed}: MIG "
-                      f"{np.nanmean([r['mig'] for r in rows if r['method'] == method]):.3f}",
-                      flush=True)
+                migs = ", ".join(f"{row['mig']:.3f}" for row in new_rows)
+                so_far = [r["mig"] for r in rows if r["method"] == method]
+                print(f"{experiment} {method} seed {seed}: MIG {migs} (mean of the method so "
+                      f"far {np.nanmean(so_far):.3f})", flush=True)
     table = pd.DataFrame(rows)
     (out / "summary.md").write_text(summary_markdown(table))
     for experiment in table.experiment.unique():
