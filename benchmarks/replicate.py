@@ -30,7 +30,9 @@ when its reduction finds nothing to cut), so the model-images column, the comput
 spent, can be lower. If the x-run leaves no active latent, there is no label and no final
 run: the x-run's best VAE is the final model (column `rpu_stop` says so). Column `x_labels`
 reports the factor each of the x-run's surrogate labels shares the most information with
-(`rpu_ray.evaluation.label_ground_truth`; the algorithm never sees it).
+(`rpu_ray.evaluation.label_ground_truth`; the algorithm never sees it), `leaf_labels` the same
+for every leaf-run metaEpoch (`leaf1-1: scale`; `-`: no active latent). Columns
+`mig_<factor>` are the final model's MIG of each factor: column `mig` is their mean.
 
 A baseline run trains 2 VAEs (UDR compares them) of one hyperparameter value from Locatello et
 al.'s grid for C / 2 images each; both VAEs are rows. With n seeds per method the values are
@@ -82,7 +84,7 @@ from rpu_ray.baseline import GRIDS, select_by_labels, train_baseline, train_semi
 from rpu_ray.config import ExperimentConfig, load_config
 from rpu_ray.driver import LocalExecutor, RPUDriver
 from rpu_ray.driver import model_images as driver_model_images
-from rpu_ray.evaluation import evaluate_model
+from rpu_ray.evaluation import evaluate_model, mig_columns
 from rpu_ray.export import load_vae
 from rpu_ray.population import run_local_pbt
 
@@ -222,7 +224,8 @@ def _evaluate(model: Any, index: int, dataset: data.Dataset, budget: Budget, see
     metrics = evaluate_model(model, dataset.all_images(), dataset.all_factors(), seed=seed,
                              mig_points=mig_points, dci_train=dci_train, dci_test=dci_test,
                              dci_mode=budget.dci_mode, model_index=index)
-    return {"mig": metrics["mig"], "dci_disentanglement": metrics["dci"]["disentanglement"],
+    return {"mig": metrics["mig"], **mig_columns(metrics, dataset.factor_names),
+            "dci_disentanglement": metrics["dci"]["disentanglement"],
             "dci_completeness": metrics["dci"]["completeness"],
             "dci_informativeness_test": metrics["dci"]["informativeness_test"],
             "sap": metrics["sap"]}
@@ -265,11 +268,17 @@ def rpu_run(dataset: data.Dataset, budget: Budget, seed: int, device: str,
                           progress=False, evaluate_final=False).run()
         final = state.get("final", {}).get("model") or state["metaepochs"]["x"]["model"]
         model, _ = load_vae(final, device)
-    # What the x-run labelled: the factor each surrogate label shares most information with.
-    truth = state["metaepochs"]["x"].get("ground_truth", {}).get("labels", {})
+    def labelled(key: str) -> str:
+        """The factor each surrogate label of metaEpoch `key` shares most information with."""
+        truth = state["metaepochs"][key].get("ground_truth", {}).get("labels", {})
+        return " ".join(factor for factor, _ in truth.values())
+
+    deeper = sorted(key for key, record in state["metaepochs"].items()
+                    if key != "x" and record.get("status") == "done")
     return {**_evaluate(model, 0, dataset, budget, seed),
             "udr": state["metaepochs"]["x"]["best_score"], "leaf_runs": leaf_runs,
-            "x_labels": " ".join(factor for factor, _ in truth.values()),
+            "x_labels": labelled("x"),
+            "leaf_labels": "; ".join(f"{key}: {labelled(key) or '-'}" for key in deeper),
             "rpu_stop": state.get("stop_reason", ""),
             "metaepochs": len(state["metaepochs"]), "model_images": driver_model_images(state),
             "wall_s": time.time() - started}
@@ -293,7 +302,8 @@ def baseline_run(model: str, dataset: data.Dataset, budget: Budget, seed: int, d
     _, rows = (train_semi_supervised(dataset, model, value, labels=budget.labels, **options)
                if semi_supervised else train_baseline(dataset, model, value, **options))
     # train_baseline evaluates each VAE as `_evaluate` does (same seed, points and mode).
-    return [{**{k: row[k] for k in METRICS}, "udr": row["udr"], "value": value,
+    return [{**{k: v for k, v in row.items() if k in METRICS or k.startswith("mig_")},
+             "udr": row["udr"], "value": value,
              "model_images": 2 * row["model_images"], "wall_s": row["wall_s"]} for row in rows]
 
 

@@ -50,7 +50,13 @@ import torch
 from rpu_ray.config import EvalConfig
 from rpu_ray.data import Dataset
 from rpu_ray.engine import LabelledSet, Member
-from rpu_ray.evaluation import encode_images, evaluate_model, evaluation_positions, score_udr
+from rpu_ray.evaluation import (
+    encode_images,
+    evaluate_model,
+    evaluation_positions,
+    mig_columns,
+    score_udr,
+)
 from rpu_ray.metrics import mig
 from rpu_ray.models import LOSSES
 
@@ -220,6 +226,7 @@ def _train_and_evaluate(member: Member, dataset: Dataset, tensor: torch.Tensor, 
             "dci_completeness": dci_scores.get("completeness", np.nan),
             "dci_informativeness_test": dci_scores.get("informativeness_test", np.nan),
             "sap": metrics.get("sap", np.nan), "udr": float(udr_scores[index]),
+            **(mig_columns(metrics, dataset.factor_names) if metrics else {}),
             "model_images": done, "wall_s": time.time() - started, "diverged": diverged,
         })
     return rows

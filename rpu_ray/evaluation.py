@@ -20,6 +20,7 @@ the scheduler treats as the worst score.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -42,8 +43,8 @@ from rpu_ray.metrics import (
 from rpu_ray.models import VAEEnsemble
 
 __all__ = ["best_model", "encode_images", "evaluate_model", "evaluation_positions",
-           "label_ground_truth", "per_latent_kl", "score_leaf_mig", "score_supervised",
-           "score_udr"]
+           "label_ground_truth", "mig_columns", "per_latent_kl", "score_leaf_mig",
+           "score_supervised", "score_udr"]
 
 LabelChain = list[tuple[np.ndarray, np.ndarray]]  # (indices into the full set, labels) per level
 
@@ -286,3 +287,9 @@ def evaluate_model(model: VAEEnsemble, images: np.ndarray, factors: np.ndarray,
         "sap": sap(train_codes, train_labels, test_codes, test_labels),
         "points": {"mig": mig_points, "dci_train": dci_train, "dci_test": dci_test},
     }
+
+
+def mig_columns(metrics: dict[str, Any], factor_names: Sequence[str]) -> dict[str, float]:
+    """Table columns `mig_<factor name>` of an `evaluate_model` result (MIG is their mean;
+    constant factors, which MIG leaves out, have none)."""
+    return {f"mig_{factor_names[int(c)]}": v for c, v in metrics["mig_per_factor"].items()}
