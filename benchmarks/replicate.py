@@ -398,7 +398,7 @@ def replicate(experiments: list[str], budget_name: str, dataset_name: str, out: 
     (out / "summary.md").write_text(summary_markdown(table))
     for experiment in table.experiment.unique():
         plot(table[table.experiment == experiment], out / f"{experiment}.png",
-             f"{experiment}, {dataset_name}, budget {budget_name}")
+             f"{experiment}, {dataset_name}, budget {label}")
     return table
 
 
