@@ -59,6 +59,9 @@ plot per experiment (<experiment>.png).
 
 runs.csv is rewritten after every run, and a replication into a folder that has one skips the
 runs it holds: an interrupted run continues, and one can be split over several calls.
+`--scale k` multiplies C (every method's images per generation); `--leaf-scale k` gives
+rPU-VAE's leaf-runs k times more images per generation at the same C (its x-run and final
+run get less).
 """
 
 from __future__ import annotations
@@ -351,23 +354,33 @@ def methods(experiment: str, budget: Budget, seeds: int | None = None
     raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
 
 
+def scaled_budget(budget_name: str, scale: int = 1, leaf_scale: int = 1) -> tuple[Budget, str]:
+    """The budget `budget_name` with `scale` times the images per generation of every PBT run
+    (C for every method alike; rPU-VAE's split unchanged) and `leaf_scale` times more again
+    for rPU-VAE's leaf-runs (its x-run and final run get less of C); and its table label."""
+    if scale < 1 or leaf_scale < 1:
+        raise ValueError(f"scale and leaf_scale must be >= 1, got {scale} and {leaf_scale}")
+    budget = BUDGETS[budget_name]
+    budget = dataclasses.replace(
+        budget, generation_images=budget.generation_images * scale,
+        leaf_generation_images=budget.leaf_generation_images * scale * leaf_scale)
+    label = (budget_name + (f" x{scale}" if scale > 1 else "")
+             + (f" leaf x{leaf_scale}" if leaf_scale > 1 else ""))
+    return budget, label
+
+
 def replicate(experiments: list[str], budget_name: str, dataset_name: str, out: Path,
               device: str, seeds: int | None = None, scale: int = 1,
-              only: list[str] | None = None) -> pd.DataFrame:
+              only: list[str] | None = None, leaf_scale: int = 1) -> pd.DataFrame:
     """Runs the experiments; writes runs.csv, summary.md and the box plots to `out`.
 
-    `scale` multiplies the budget's images per generation, the leaf-runs' too (so C, for
-    every method alike, and rPU-VAE's split stays as it is); `only` restricts the methods to
+    `scale` and `leaf_scale` as in `scaled_budget`; `only` restricts the methods to
     these names. runs.csv is rewritten after every run, and the runs it already holds are not
     run again: an interrupted replication continues where it stopped, and one can be split
     over several invocations (e.g. `--method`), as long as budget, data set and seeds are the
     same (`budget_id`).
     """
-    budget = BUDGETS[budget_name]
-    budget = dataclasses.replace(
-        budget, generation_images=budget.generation_images * scale,
-        leaf_generation_images=budget.leaf_generation_images * scale)
-    label = budget_name + (f" x{scale}" if scale > 1 else "")
+    budget, label = scaled_budget(budget_name, scale, leaf_scale)
     seeds = seeds or budget.seeds
     fingerprint = budget_id(budget, seeds)
     rows = _previous_runs(out / "runs.csv", {"budget": label, "dataset": dataset_name,
@@ -473,6 +486,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, help="runs per method (default: the budget's)")
     parser.add_argument("--scale", type=int, default=1,
                         help="multiply the budget C of every method (images per generation)")
+    parser.add_argument("--leaf-scale", type=int, default=1,
+                        help="multiply rPU-VAE's leaf-run images per generation again (its "
+                             "x-run and final run get less of C)")
     parser.add_argument("--method", action="append",
                         help="run only this method (repeatable; names as in summary.md)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -480,7 +496,7 @@ def main() -> None:
     args = parser.parse_args()
     table = replicate(args.experiment or list(EXPERIMENTS),
                       "smoke" if args.smoke else args.budget, args.dataset, args.out,
-                      args.device, args.seeds, args.scale, args.method)
+                      args.device, args.seeds, args.scale, args.method, args.leaf_scale)
     print((args.out / "summary.md").read_text())
     print(f"{len(table)} final models; wrote {args.out}/runs.csv, summary.md and the plots")
 

@@ -79,6 +79,22 @@ def test_budget_and_methods() -> None:
         replicate.methods("fig9", smoke)
 
 
+def test_scaled_budgets_keep_c_equal_and_move_rpu_images_to_the_leaf_runs() -> None:
+    cpu = replicate.BUDGETS["cpu"]
+    doubled, label = replicate.scaled_budget("cpu", 2)
+    assert label == "cpu x2" and doubled.model_images == 2 * cpu.model_images
+    assert doubled.leaf_generation_images == 2 * cpu.leaf_generation_images
+    assert doubled.rpu_generation_images(2) == 2 * cpu.rpu_generation_images(2)
+    longer, label = replicate.scaled_budget("cpu", 2, leaf_scale=2)
+    assert label == "cpu x2 leaf x2" and longer.model_images == doubled.model_images
+    assert longer.leaf_generation_images == 4 * cpu.leaf_generation_images
+    # The leaf-runs' extra images come out of the x-run's and the final run's generations.
+    assert longer.rpu_generation_images(2) < doubled.rpu_generation_images(2)
+    assert replicate.budget_id(longer, 2) != replicate.budget_id(doubled, 2)
+    with pytest.raises(ValueError, match="leaf_scale"):
+        replicate.scaled_budget("cpu", 1, leaf_scale=0)
+
+
 def test_every_budget_makes_a_valid_config() -> None:
     for name, budget in replicate.BUDGETS.items():
         config = replicate._config(budget, 1, budget.num_models, [])
