@@ -558,14 +558,15 @@ class RPUDriver:
     def _x_run(self) -> LabelLevel | None:
         """metaEpoch 0 on the whole data set; its labels are the root of every leaf-run."""
         record = self._metaepoch("x", self.dataset, self.experiment.train.generation_images)
-        if record["status"] == NO_FINITE_SCORE or not record["active_latents"]:
-            reason = ("no member of the x-run has a finite score (all diverged)"
-                      if record["status"] == NO_FINITE_SCORE else
-                      "no active latent after the x-run: nothing to label")
-            self._update("stop_reason", value=reason)
-            self._event("stopped", reason=reason)
-            return None
-        return load_label_level(self.out_dir / "metaepochs" / "x" / "labels.npz")
+        if record["status"] == NO_FINITE_SCORE:
+            reason = "no member of the x-run has a finite score (all diverged)"
+        elif not record["active_latents"]:
+            reason = "no active latent after the x-run: nothing to label"
+        else:
+            return load_label_level(self.out_dir / "metaepochs" / "x" / "labels.npz")
+        self._update("stop_reason", value=reason)
+        self._event("stopped", reason=reason)
+        return None
 
     def _leaf_run(self, leaf: int, root: LabelLevel) -> None:
         """One chain of reductions and metaEpochs, starting from root interval `leaf`."""
