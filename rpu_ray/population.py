@@ -244,8 +244,8 @@ def run_local_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, run
         if reason is not None:
             score, index, when, config, state, model_scores = record
             if not np.isfinite(score):
-                raise NoFiniteScoreError(f"PBT run {run!r}: no member produced a finite score "
-                                   f"in {generation + 1} generations (all diverged)")
+                raise NoFiniteScoreError(f"PBT run {run!r}: no member produced a finite "
+                                         f"score in {generation + 1} generations (all diverged)")
             best_member = build_member(experiment, config, int(index), run,
                                        tuple(images.shape[1:]), device)
             best_member.load_state_dict(state)
