@@ -192,6 +192,7 @@ def _write_outputs(grid: Any, out_dir: Path, mode: str, num_models: int) -> PBTR
     """results.csv, the best member and VAE, the plot; the summary of the run."""
     results = pd.DataFrame(read_jsonl(out_dir / RESULTS_LOG))
     results.to_csv(out_dir / "results.csv", index=False)
+    model_images = int(results.images_seen.sum()) * num_models if len(results) else 0
     best_score, best = -math.inf, None
     for result in grid:
         for checkpoint, metrics in result.best_checkpoints or []:
@@ -199,7 +200,8 @@ def _write_outputs(grid: Any, out_dir: Path, mode: str, num_models: int) -> PBTR
             if score is not None and score > best_score:
                 best_score, best = score, (checkpoint, metrics)
     if best is None:
-        raise NoFiniteScoreError(f"{out_dir}: no member produced a finite score and a checkpoint")
+        raise NoFiniteScoreError(f"{out_dir}: no member produced a finite score and a checkpoint",
+                                 model_images)
     checkpoint, metrics = best
     payload = load_checkpoint(Path(checkpoint.path) / "member.pt")
     save_checkpoint(out_dir / "best_member.pt", payload)
@@ -215,8 +217,7 @@ def _write_outputs(grid: Any, out_dir: Path, mode: str, num_models: int) -> PBTR
         stop_reason=generations[-1]["stop_reason"] if generations else None,
         best_score=float(best_score), best_member=int(metrics["member"]),
         best_generation=int(metrics["training_iteration"]) - 1,
-        generations=len(generations), num_errors=grid.num_errors,
-        model_images=int(results.images_seen.sum()) * num_models)
+        generations=len(generations), num_errors=grid.num_errors, model_images=model_images)
 
 
 def run_pbt_locally(experiment: ExperimentConfig, dataset: Dataset, mode: str,
@@ -517,7 +518,8 @@ class RPUDriver:
             result = self.executor.run(experiment, dataset, "udr", directory, key, resume)
         except NoFiniteScoreError as err:
             self._update("metaepochs", key, value={"status": NO_FINITE_SCORE,
-                                                   "size": len(dataset), "error": str(err)})
+                                                   "size": len(dataset), "error": str(err),
+                                                   "model_images": err.model_images})
             self._event("metaepoch_done", key=key, stop_reason=NO_FINITE_SCORE)
             return records[key]
         level, kl, truth = self._label(directory / "best_vae.pt", dataset)

@@ -49,7 +49,14 @@ class NoFiniteScoreError(RuntimeError):
     """A PBT run ended without any member with a finite score (every member diverged or
     failed), so it has no model to export. The rPU-VAE driver ends the leaf-run (or, after the
     x-run, the whole run) instead of failing, as when every member scores below the threshold.
+
+    `model_images`: the images the run trained on all the same (summed over all VAEs), so that
+    compute accounting counts them.
     """
+
+    def __init__(self, message: str, model_images: int = 0) -> None:
+        super().__init__(message)
+        self.model_images = model_images
 
 
 def seed_words(seed: int, run: str) -> list[int]:
@@ -245,7 +252,8 @@ def run_local_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, run
             score, index, when, config, state, model_scores = record
             if not np.isfinite(score):
                 raise NoFiniteScoreError(f"PBT run {run!r}: no member produced a finite "
-                                         f"score in {generation + 1} generations (all diverged)")
+                                         f"score in {generation + 1} generations (all diverged)",
+                                         model_images)
             best_member = build_member(experiment, config, int(index), run,
                                        tuple(images.shape[1:]), device)
             best_member.load_state_dict(state)

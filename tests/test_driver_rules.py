@@ -18,7 +18,7 @@ from conftest import clustered_squares
 
 from rpu_ray.config import dump_config, load_config
 from rpu_ray.data import Dataset
-from rpu_ray.driver import PBTRunResult, RPUDriver
+from rpu_ray.driver import PBTRunResult, RPUDriver, model_images
 from rpu_ray.experiment import status_text
 from rpu_ray.export import export_vae
 from rpu_ray.labels import LabelLevel
@@ -42,7 +42,7 @@ class ScriptedExecutor:
         self.calls.append(run)
         outcome = self.script.get(run, "converged")
         if outcome == "diverged":
-            raise NoFiniteScoreError(f"PBT run {run!r}: every member diverged")
+            raise NoFiniteScoreError(f"PBT run {run!r}: every member diverged", 700)
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
         model = VAEEnsemble(1, dataset.images.shape[1:], 10, "dlib")
@@ -99,6 +99,9 @@ def test_a_diverged_metaepoch_ends_its_leaf_run_and_is_not_repeated(tmp_path: Pa
     assert state["leaf_runs"]["2"]["stop_reason"] == "max_depth"
     assert state["phase"] == "done" and state["final"]["status"] == "done"
     assert "leaf1-2" in executor.calls
+    # Its compute counts as well as that of the runs that returned (1000 model-images each).
+    assert state["metaepochs"]["leaf1-2"]["model_images"] == 700
+    assert model_images(state) == 1000 * (len(executor.calls) - 1) + 700
     # `rpu-ray status` and the report say what happened, not "running".
     (tmp_path / "run.json").write_text(json.dumps({"kind": "rpu", "run": "rpu", "format": 1}))
     dump_config(load_config(preset_name="smoke"), tmp_path / "config.yaml")

@@ -14,6 +14,7 @@ from rpu_ray.config import load_config
 from rpu_ray.driver import plot_pbt
 from rpu_ray.pbt import quantile_size
 from rpu_ray.population import (
+    NoFiniteScoreError,
     initial_population,
     member_hyperparameters,
     run_local_pbt,
@@ -124,5 +125,8 @@ def test_local_pbt_rejects_a_mode_it_cannot_score() -> None:
 def test_a_population_that_only_diverges_is_an_error() -> None:
     config = _config(["pbt.policy.lr_max=1e6", "pbt.policy.lr_grid=[1e6]",
                       "pbt.policy.max_generations=1"])
-    with pytest.raises(RuntimeError, match="no member produced a finite score"):
+    with pytest.raises(NoFiniteScoreError, match="no member produced a finite score") as err:
         run_local_pbt(config, _dataset(config), "udr", device="cpu")
+    # The images trained before the divergence count as compute.
+    budget = config.pbt.population * config.model.num_models * config.train.generation_images
+    assert 0 < err.value.model_images <= budget
