@@ -9,6 +9,14 @@ Replication) is read off these curves.
     python benchmarks/learning_curve.py --subsample 1,2,8,2,2 --images 400000 --beta 6
     python benchmarks/learning_curve.py --smoke          # seconds (the tests run it)
 
+`--fix posX=8,posY=8` trains on the images with those factor values only: what a leaf-run
+metaEpoch of rPU-VAE trains on after an ideal reduction by the positions. MIG then covers
+the factors that vary there, and `active_<i>` / `labels_<i>` say how many latents of VAE i
+pass rPU-VAE's active-latent threshold (Gaussian KL > 1.19) and which factor each labels: whether
+a leaf-run of that many images per VAE finds something to label. `subset_<i>` is the subset
+the reduction by VAE i's labels keeps (size, classes of each factor left): whether its
+labels separate the factor's values well enough to isolate them, as rPU-VAE assumes.
+
 Prints one line per checkpoint and writes them as CSV (--csv).
 """
 
@@ -25,7 +33,9 @@ import torch
 from rpu_ray import data
 from rpu_ray.config import EvalConfig
 from rpu_ray.engine import Member
-from rpu_ray.evaluation import score_supervised, score_udr
+from rpu_ray.evaluation import encode_images, label_ground_truth, score_supervised, score_udr
+from rpu_ray.metrics import gaussian_kl
+from rpu_ray.reduction import ReductionConfig, active_latents, reduce
 
 
 def checkpoints(first: int, last: int, count: int) -> list[int]:
@@ -37,11 +47,56 @@ def checkpoints(first: int, last: int, count: int) -> list[int]:
     return sorted({max(100, int(round(v, -2))) for v in values})
 
 
+def active_labels(member: Member, dataset: data.Dataset, points: int, seed: int
+                  ) -> dict[str, object]:
+    """What rPU-VAE would make of each VAE i as a metaEpoch's best model, on the whole data
+    set: `active_<i>`, the number of latents it labels (Gaussian KL above the default active
+    threshold); `labels_<i>`, the factor each of them shares most information with (on
+    `points` images; "-": none active); and `subset_<i>`, the reduction by these labels: the
+    size of the subset a leaf-run would train on and how many classes of each factor narrowed
+    by it remain there (e.g. "1157 posX 5/16 posY 5/16"; "-" when the reduction stops)."""
+    mu, logsigma = encode_images(member.model, dataset.all_images())
+    factors = dataset.all_factors()
+    sample = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:points])
+    threshold = ReductionConfig().active_threshold("gaussian")
+    classes = [np.unique(column).size for column in factors.T]
+    row: dict[str, object] = {}
+    for i in range(len(mu)):
+        active = active_latents(gaussian_kl(mu[i], logsigma[i]), threshold)
+        truth = label_ground_truth(mu[i][sample], active, factors[sample], dataset.factor_names)
+        row[f"active_{i}"] = len(active)
+        row[f"labels_{i}"] = " ".join(factor for factor, _ in truth["labels"].values()) or "-"
+        reduction = reduce(mu[i][:, active])
+        kept = factors[reduction.indices] if reduction.ok else None
+        row[f"subset_{i}"] = "-" if kept is None else " ".join(
+            [str(reduction.size)] + [f"{name} {np.unique(kept[:, f]).size}/{classes[f]}"
+                                     for f, name in enumerate(dataset.factor_names)
+                                     if np.unique(kept[:, f]).size < classes[f]])
+    return row
+
+
+def fixed_factors(dataset: data.Dataset, spec: str) -> data.Dataset:
+    """The images of `dataset` whose factors have the values of `spec` ("posX=8,posY=8"),
+    as a standalone data set."""
+    keep = np.ones(len(dataset), dtype=bool)
+    factors = dataset.all_factors()
+    for item in spec.split(","):
+        name, _, value = item.partition("=")
+        if name not in dataset.factor_names or not value.isdigit():
+            raise SystemExit(f"--fix {spec!r}: expected FACTOR=CLASS pairs, factors "
+                             f"{', '.join(dataset.factor_names)}")
+        keep &= factors[:, dataset.factor_names.index(name)] == int(value)
+    if not keep.any():
+        raise SystemExit(f"--fix {spec!r}: no image has these factor values")
+    return dataset.subset(np.flatnonzero(keep)).standalone()
+
+
 def learning_curve(dataset: data.Dataset, hyperparameters: dict[str, float], budgets: list[int],
                    *, num_models: int, arch: str, loss: str, seed: int, points: int,
                    udr_points: int, udr_kl_threshold: float, device: str) -> pd.DataFrame:
     """Trains one member to each budget in turn (images per VAE) and scores it there: one row
-    per budget with the MIG of every VAE, their mean and the member's UDR."""
+    per budget with the MIG of every VAE, their mean, the member's UDR and every VAE's active
+    latents (`active_labels`)."""
     images = dataset.all_images()
     member = Member(hyperparameters, num_models=num_models, image_shape=images.shape[1:],
                     arch=arch, loss=loss, seed=seed, device=device)
@@ -57,6 +112,7 @@ def learning_curve(dataset: data.Dataset, hyperparameters: dict[str, float], bud
         row = {"images": budget, "mig_mean": float(np.mean(migs)),
                **{f"mig_{i}": m for i, m in enumerate(migs)},
                "udr": score_udr(member, tensor, config)["score"],
+               **active_labels(member, dataset, points, seed),
                "diverged": bool(stats["diverged"]), "wall_s": round(time.time() - started, 1)}
         print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                        for k, v in row.items()), flush=True)
@@ -73,6 +129,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--subsample", default="1,2,8,2,2",
                         help="strides per factor, comma-separated (replicate.py's cpu budget)")
+    parser.add_argument("--fix", metavar="FACTOR=CLASS,...",
+                        help="train on the images with these factor classes only (a leaf-run's "
+                             "subset after an ideal reduction), e.g. posX=8,posY=8")
     parser.add_argument("--arch", default="dlib", choices=("authors", "dlib"))
     parser.add_argument("--loss", default="betatcvae")
     parser.add_argument("--beta", type=float, default=6.0)
@@ -95,6 +154,8 @@ def main() -> None:
         args.points, args.udr_points = 200, 100
     subsample = [int(s) for s in args.subsample.split(",")]
     dataset = data.load(args.dataset, image_size=args.image_size, subsample=subsample)
+    if args.fix:
+        dataset = fixed_factors(dataset, args.fix)
     print(f"{len(dataset)} images; {args.models} x {args.loss} beta {args.beta:g}, "
           f"lr {args.lr:g}, batch {args.batch_size}, arch {args.arch}", flush=True)
     table = learning_curve(

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import load_benchmark
+import torch
+from conftest import clustered_squares, load_benchmark
 
 from rpu_ray import data
 from rpu_ray.engine import Member
@@ -57,4 +59,51 @@ def test_smoke_command_writes_its_csv(tmp_path, monkeypatch: pytest.MonkeyPatch,
     learning_curve.main()
     table = pd.read_csv(path)
     assert list(table.images) == [200, 600]
-    assert {"mig_0", "mig_1", "mig_mean", "udr"} <= set(table.columns)
+    assert {"mig_0", "mig_1", "mig_mean", "udr", "active_0", "labels_1",
+            "subset_1"} <= set(table.columns)
+
+
+class _PositionEncoder(torch.nn.Module):
+    """Encodes a `clustered_squares` image as the square's column and row (the mean of the
+    bright pixels' coordinates, in units of the grid step) on latents 0 and 1, certain
+    (log-sigma -3); latents 2-9 are the prior (mean 0, log-sigma 0: KL 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a device
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bright = (images[:, 0] > 0.5).float()
+        count = bright.sum(dim=(1, 2))
+        grid = torch.arange(images.shape[-1], dtype=torch.float32)
+        column = (bright.sum(dim=1) * grid).sum(dim=1) / count / 7.0
+        row = (bright.sum(dim=2) * grid).sum(dim=1) / count / 7.0
+        mu = torch.zeros(1, len(images), 10)
+        mu[0, :, 0], mu[0, :, 1] = column, row
+        logsigma = torch.zeros_like(mu)
+        logsigma[0, :, :2] = -3.0
+        return mu, logsigma
+
+
+def test_active_labels_name_the_factors_and_the_cell_the_reduction_keeps() -> None:
+    images, factors = clustered_squares()  # 4 x 4 positions, 24 copies each
+    dataset = data.Dataset(images[:, None], factors, ("posX", "posY"), (4, 4), "squares")
+    member = SimpleNamespace(model=_PositionEncoder())
+    row = learning_curve.active_labels(member, dataset, points=len(dataset), seed=0)
+    assert row["active_0"] == 2
+    assert row["labels_0"] == "posX posY"
+    # Positions that far apart leave clean gaps: the reduction keeps one whole position.
+    assert row["subset_0"] == "24 posX 1/4 posY 1/4"
+
+
+def test_fixed_factors_keep_the_images_of_those_classes() -> None:
+    dataset = data.load("dsprites", image_size=32, subsample=[3, 5, 40, 4, 4])
+    cell = learning_curve.fixed_factors(dataset, "posX=16,posY=8")
+    assert len(cell) == 2  # the two scales of one shape and orientation
+    assert (cell.all_factors()[:, 3] == 16).all() and (cell.all_factors()[:, 4] == 8).all()
+    assert np.array_equal(cell.all_images(), dataset.all_images()[
+        (dataset.all_factors()[:, 3] == 16) & (dataset.all_factors()[:, 4] == 8)])
+    with pytest.raises(SystemExit, match="expected FACTOR=CLASS pairs"):
+        learning_curve.fixed_factors(dataset, "size=1")
+    with pytest.raises(SystemExit, match="no image has these factor values"):
+        learning_curve.fixed_factors(dataset, "posX=1")
