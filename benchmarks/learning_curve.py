@@ -9,8 +9,9 @@ Replication) is read off these curves.
     python benchmarks/learning_curve.py --subsample 1,2,8,2,2 --images 400000 --beta 6
     python benchmarks/learning_curve.py --smoke          # seconds (the tests run it)
 
-`--fix posX=8,posY=8` trains on the images with those factor values only: what a leaf-run
-metaEpoch of rPU-VAE trains on after an ideal reduction by the positions. MIG then covers
+`--fix posX=8,posY=8` trains on the images with those factor classes only: what a leaf-run
+metaEpoch of rPU-VAE trains on after an ideal reduction by the positions (`posX=6-10` keeps a
+range of classes, as a coarser reduction does). MIG then covers
 the factors that vary there, and `active_<i>` / `labels_<i>` say how many latents of VAE i
 pass rPU-VAE's active-latent threshold (Gaussian KL > 1.19) and which factor each labels: whether
 a leaf-run of that many images per VAE finds something to label. `subset_<i>` is the subset
@@ -76,18 +77,22 @@ def active_labels(member: Member, dataset: data.Dataset, points: int, seed: int
 
 
 def fixed_factors(dataset: data.Dataset, spec: str) -> data.Dataset:
-    """The images of `dataset` whose factors have the values of `spec` ("posX=8,posY=8"),
-    as a standalone data set."""
+    """The images of `dataset` whose factors have the classes of `spec`, a comma-separated
+    list of FACTOR=CLASS or FACTOR=FIRST-LAST (inclusive), e.g. "posX=8,posY=6-10"; as a
+    standalone data set."""
     keep = np.ones(len(dataset), dtype=bool)
     factors = dataset.all_factors()
     for item in spec.split(","):
         name, _, value = item.partition("=")
-        if name not in dataset.factor_names or not value.isdigit():
-            raise SystemExit(f"--fix {spec!r}: expected FACTOR=CLASS pairs, factors "
-                             f"{', '.join(dataset.factor_names)}")
-        keep &= factors[:, dataset.factor_names.index(name)] == int(value)
+        first, _, last = value.partition("-")
+        if (name not in dataset.factor_names or not first.isdigit()
+                or not (last or first).isdigit()):
+            raise SystemExit(f"--fix {spec!r}: expected FACTOR=CLASS or FACTOR=FIRST-LAST "
+                             f"items, factors {', '.join(dataset.factor_names)}")
+        column = factors[:, dataset.factor_names.index(name)]
+        keep &= (column >= int(first)) & (column <= int(last or first))
     if not keep.any():
-        raise SystemExit(f"--fix {spec!r}: no image has these factor values")
+        raise SystemExit(f"--fix {spec!r}: no image has these factor classes")
     return dataset.subset(np.flatnonzero(keep)).standalone()
 
 
@@ -131,7 +136,7 @@ def main() -> None:
                         help="strides per factor, comma-separated (replicate.py's cpu budget)")
     parser.add_argument("--fix", metavar="FACTOR=CLASS,...",
                         help="train on the images with these factor classes only (a leaf-run's "
-                             "subset after an ideal reduction), e.g. posX=8,posY=8")
+                             "subset after a reduction), e.g. posX=8,posY=8 or posX=6-10")
     parser.add_argument("--arch", default="dlib", choices=("authors", "dlib"))
     parser.add_argument("--loss", default="betatcvae")
     parser.add_argument("--beta", type=float, default=6.0)

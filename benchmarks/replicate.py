@@ -31,7 +31,8 @@ spent, can be lower. If the x-run leaves no active latent, there is no label and
 run: the x-run's best VAE is the final model (column `rpu_stop` says so). Column `x_labels`
 reports the factor each of the x-run's surrogate labels shares the most information with
 (`rpu_ray.evaluation.label_ground_truth`; the algorithm never sees it), `leaf_labels` the same
-for every leaf-run metaEpoch (`leaf1-1: scale`; `-`: no active latent). Columns
+for every leaf-run metaEpoch with the size of its subset (`leaf1-1 (45): scale`; `-`: no
+active latent). Columns
 `mig_<factor>` are the final model's MIG of each factor: column `mig` is their mean.
 
 A baseline run trains 2 VAEs (UDR compares them) of one hyperparameter value from Locatello et
@@ -281,7 +282,9 @@ def rpu_run(dataset: data.Dataset, budget: Budget, seed: int, device: str,
     return {**_evaluate(model, 0, dataset, budget, seed),
             "udr": state["metaepochs"]["x"]["best_score"], "leaf_runs": leaf_runs,
             "x_labels": labelled("x"),
-            "leaf_labels": "; ".join(f"{key}: {labelled(key) or '-'}" for key in deeper),
+            "leaf_labels": "; ".join(
+                f"{key} ({state['metaepochs'][key]['size']}): {labelled(key) or '-'}"
+                for key in deeper),
             "rpu_stop": state.get("stop_reason", ""),
             "metaepochs": len(state["metaepochs"]), "model_images": driver_model_images(state),
             "wall_s": time.time() - started}

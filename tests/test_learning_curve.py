@@ -103,7 +103,11 @@ def test_fixed_factors_keep_the_images_of_those_classes() -> None:
     assert (cell.all_factors()[:, 3] == 16).all() and (cell.all_factors()[:, 4] == 8).all()
     assert np.array_equal(cell.all_images(), dataset.all_images()[
         (dataset.all_factors()[:, 3] == 16) & (dataset.all_factors()[:, 4] == 8)])
-    with pytest.raises(SystemExit, match="expected FACTOR=CLASS pairs"):
-        learning_curve.fixed_factors(dataset, "size=1")
-    with pytest.raises(SystemExit, match="no image has these factor values"):
+    # Ranges are inclusive: posX classes 12 and 16 of the subsample's 0, 4, ..., 28.
+    block = learning_curve.fixed_factors(dataset, "posX=12-17,posY=8")
+    assert len(block) == 4 and set(block.all_factors()[:, 3]) == {12, 16}
+    for bad in ("size=1", "posX=a", "posX=1-b", "posX"):
+        with pytest.raises(SystemExit, match="expected FACTOR=CLASS or FACTOR=FIRST-LAST"):
+            learning_curve.fixed_factors(dataset, bad)
+    with pytest.raises(SystemExit, match="no image has these factor classes"):
         learning_curve.fixed_factors(dataset, "posX=1")

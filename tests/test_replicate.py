@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,10 @@ def test_smoke_every_experiment(tmp_path: Path) -> None:
     names = set(replicate.data.load("dsprites", image_size=32, subsample=16).factor_names)
     labelled = [set(labels.split()) for labels in fig6.x_labels.fillna("")]
     assert all(found <= names for found in labelled) and any(labelled)
+    # Every leaf-run metaEpoch: its subset's size and what it labelled.
+    entries = [e for cell in fig6.leaf_labels.fillna("") for e in cell.split("; ") if e]
+    assert entries
+    for entry in entries:
+        match = re.fullmatch(r"leaf\d+-\d+ \((\d+)\): (.+)", entry)
+        assert match and 0 < int(match[1]) < 960
+        assert match[2] == "-" or set(match[2].split()) <= names
