@@ -15,7 +15,8 @@
 #
 # At most 7 files: the device returns 8. Total under 9 minutes: REPLICATE_S (default 200)
 # seconds for the replication, at most 5.3 minutes for the rest (throughput 4.3, tests 1).
-# The whole of fig4 at the gpu size needs an estimated 20-30 GPU minutes: a replication
+# The whole of fig4 at the gpu size trains 104 M model-images (27 runs of C = 3.84 M), over
+# ten minutes below ~175,000 model-images/s (unmeasured): a replication
 # continues in a later call from the runs.csv the last one left (commit it, then
 # RESUME_CSV=that/runs.csv; with SKIP_CHECKS=1 and REPLICATE_S up to 540, only the
 # replication runs).

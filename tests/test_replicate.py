@@ -105,6 +105,20 @@ def test_every_budget_makes_a_valid_config() -> None:
     assert replicate.BUDGETS["gpu"].udr_kl_threshold == 0.3
 
 
+def test_gpu_budget_gives_rpu_vae_the_measured_floors() -> None:
+    # benchmarks/RESULTS.md: the reduction's subsets stop shrinking once the x-run's VAEs
+    # have trained 200,000 images; a leaf-run's VAEs label a new factor after 20,000-40,000.
+    gpu, cpu = replicate.BUDGETS["gpu"], replicate.BUDGETS["cpu"]
+    images = gpu.rpu_generation_images(gpu.leaf_runs)
+    assert images * gpu.rpu_generations >= 200_000  # x-run VAE
+    assert images * gpu.final_generations >= 200_000  # final VAE
+    assert gpu.leaf_generation_images * gpu.rpu_generations >= 40_000  # leaf-run VAE
+    # The cpu budget's data and split at 8 times its C (run on CPU at --scale 8).
+    eight, _ = replicate.scaled_budget("cpu", 8)
+    assert replicate.dataclasses.replace(gpu, seeds=cpu.seeds) == eight
+    assert gpu.model_images == 3_840_000
+
+
 def test_budget_sets_explore_bounds_and_architecture() -> None:
     budget = replicate.dataclasses.replace(replicate.BUDGETS["smoke"], arch="authors",
                                            beta_bounds=(2, 12), lr_bounds=(1e-4, 1e-2))
