@@ -11,12 +11,12 @@ Replication) is read off these curves.
 
 `--fix posX=8,posY=8` trains on the images with those factor classes only: what a leaf-run
 metaEpoch of rPU-VAE trains on after an ideal reduction by the positions (`posX=6-10` keeps a
-range of classes, as a coarser reduction does). MIG then covers
-the factors that vary there, and `active_<i>` / `labels_<i>` say how many latents of VAE i
-pass rPU-VAE's active-latent threshold (Gaussian KL > 1.19) and which factor each labels: whether
-a leaf-run of that many images per VAE finds something to label. `subset_<i>` is the subset
-the reduction by VAE i's labels keeps (size, classes of each factor left): whether its
-labels separate the factor's values well enough to isolate them, as rPU-VAE assumes.
+range of classes, as a coarser reduction does); MIG then covers the factors that vary there.
+For each VAE i, `active_<i>` / `labels_<i>` say how many latents pass rPU-VAE's active-latent
+threshold (Gaussian KL > 1.19) and which factor each labels (does a leaf-run of that many
+images per VAE find something to label?), and `subset_<i>` is the subset the reduction by
+those labels keeps (size, classes left of each factor it narrows: do the labels separate the
+factor's values well enough to isolate them, as rPU-VAE assumes?).
 
 Prints one line per checkpoint and writes them as CSV (--csv).
 """
@@ -55,7 +55,7 @@ def active_labels(member: Member, dataset: data.Dataset, points: int, seed: int
     threshold); `labels_<i>`, the factor each of them shares most information with (on
     `points` images; "-": none active); and `subset_<i>`, the reduction by these labels: the
     size of the subset a leaf-run would train on and how many classes of each factor narrowed
-    by it remain there (e.g. "1157 posX 5/16 posY 5/16"; "-" when the reduction stops)."""
+    by it remain there (e.g. "438 posX 4/16 posY 11/16"; "-" when the reduction stops)."""
     mu, logsigma = encode_images(member.model, dataset.all_images())
     factors = dataset.all_factors()
     sample = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:points])
@@ -68,11 +68,14 @@ def active_labels(member: Member, dataset: data.Dataset, points: int, seed: int
         row[f"active_{i}"] = len(active)
         row[f"labels_{i}"] = " ".join(factor for factor, _ in truth["labels"].values()) or "-"
         reduction = reduce(mu[i][:, active])
-        kept = factors[reduction.indices] if reduction.ok else None
-        row[f"subset_{i}"] = "-" if kept is None else " ".join(
-            [str(reduction.size)] + [f"{name} {np.unique(kept[:, f]).size}/{classes[f]}"
+        if not reduction.ok:
+            row[f"subset_{i}"] = "-"
+            continue
+        left = [np.unique(column).size for column in factors[reduction.indices].T]
+        row[f"subset_{i}"] = " ".join(
+            [str(reduction.size)] + [f"{name} {left[f]}/{classes[f]}"
                                      for f, name in enumerate(dataset.factor_names)
-                                     if np.unique(kept[:, f]).size < classes[f]])
+                                     if left[f] < classes[f]])
     return row
 
 
