@@ -184,24 +184,19 @@ BUDGETS = {
                   beta_grid=(4, 6, 8), lr_bounds=(5e-4, 4e-3), batch_size_bounds=(32, 128),
                   beta_bounds=(2, 16), max_depth=1, rpu_generations=3, final_generations=3,
                   leaf_generation_images=2_000, udr_kl_threshold=0.3),
-    # The cpu budget's data at 8 times its C (3,840,000 model-images per run), three seeds:
-    # the first doubling of the cpu budget at which rPU-VAE's x-run VAEs (288,000 images)
-    # reach the reduction's floor (>= 200,000) and its leaf-run VAEs (48,000) learn a new
-    # factor on the reduced subsets (>= 20,000-40,000), as measured with
-    # benchmarks/learning_curve.py (RESULTS.md, "What rPU-VAE's reduction and leaf-runs
-    # need"). On CPU, rPU-VAE's mean MIG went from 0.21 at C = 1.92 M to 0.37 here. Members
-    # of 2 VAEs as measured (the paper's 5 would need 2.5 times the images for the same
-    # training per VAE). fig4 (27 runs, 104 M model-images) fits one 10-minute device call
-    # only above ~175,000 model-images/s (unmeasured); benchmarks/gpu_session.sh runs the
-    # PBT methods first and carries runs.csv over calls.
-    "gpu": Budget(32, (1, 2, 8, 2, 2), population=4, num_models=2, generations=3,
-                  generation_images=160_000, seeds=3, labels=1000,
-                  eval_points=(5_000, 5_000, 2_500), dci_mode="fast", udr_points=500,
-                  score_points=2_000, lr_grid=(1e-3, 2e-3), batch_size_grid=(64,),
-                  beta_grid=(4, 6, 8), lr_bounds=(5e-4, 4e-3), batch_size_bounds=(32, 128),
-                  beta_bounds=(2, 16), max_depth=1, rpu_generations=3, final_generations=3,
-                  leaf_generation_images=16_000, udr_kl_threshold=0.3),
 }
+# The cpu budget's data at 8 times its C (3,840,000 model-images per run), three seeds:
+# the first doubling of the cpu budget at which rPU-VAE's x-run VAEs (288,000 images)
+# reach the reduction's floor (>= 200,000) and its leaf-run VAEs (48,000) learn a new
+# factor on the reduced subsets (>= 20,000-40,000), as measured with
+# benchmarks/learning_curve.py (RESULTS.md, "What rPU-VAE's reduction and leaf-runs
+# need"). On CPU, rPU-VAE's mean MIG went from 0.21 at C = 1.92 M to 0.37 here. Members
+# of 2 VAEs as measured (the paper's 5 would need 2.5 times the images for the same
+# training per VAE). fig4 (27 runs, 104 M model-images) fits one 10-minute device call
+# only above ~175,000 model-images/s (unmeasured); benchmarks/gpu_session.sh runs the
+# PBT methods first and carries runs.csv over calls.
+BUDGETS["gpu"] = dataclasses.replace(BUDGETS["cpu"], generation_images=160_000,
+                                     leaf_generation_images=16_000)
 
 
 def _bounds(budget: Budget) -> list[str]:
