@@ -32,8 +32,8 @@ run: the x-run's best VAE is the final model (column `rpu_stop` says so). Column
 reports the factor each of the x-run's surrogate labels shares the most information with
 (`rpu_ray.evaluation.label_ground_truth`; the algorithm never sees it), `leaf_labels` the same
 for every leaf-run metaEpoch with the size of its subset (`leaf1-1 (45): scale`; `-`: no
-active latent). Columns
-`mig_<factor>` are the final model's MIG of each factor: column `mig` is their mean.
+active latent). Columns `mig_<factor>` are the final model's MIG of each factor: column `mig`
+is their mean.
 
 A baseline run trains 2 VAEs (UDR compares them) of one hyperparameter value from Locatello et
 al.'s grid for C / 2 images each; both VAEs are rows. With n seeds per method the values are
