@@ -62,7 +62,18 @@ def _new_directory(out: str | Path | None, config: ExperimentConfig, mode: str) 
     return out
 
 
-def _init_ray(address: str | None) -> None:
+def unused_gpus_warning(cluster_gpus: float, config: ExperimentConfig) -> str | None:
+    """The warning for a cluster with GPUs that the members would not use: a trial asks Ray
+    for `resources.gpus_per_trial` GPUs, and `train.device: auto` trains on the GPU Ray
+    assigned, so with 0 every member trains on the CPU."""
+    if cluster_gpus <= 0 or config.resources.gpus_per_trial > 0 or config.train.device != "auto":
+        return None
+    return (f"[rpu-ray] warning: the cluster has {cluster_gpus:g} GPU(s) but "
+            "resources.gpus_per_trial is 0, so every member trains on the CPU; set e.g. "
+            "--set resources.gpus_per_trial=0.25 (four members per GPU)")
+
+
+def _init_ray(address: str | None, config: ExperimentConfig) -> None:
     import ray
 
     # Tune's per-exploit INFO lines repeat what events.jsonl and our progress lines say, and
@@ -72,6 +83,9 @@ def _init_ray(address: str | None) -> None:
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(address=address, log_to_driver=False)
+    warning = unused_gpus_warning(ray.cluster_resources().get("GPU", 0.0), config)
+    if warning:
+        print(warning, flush=True)
 
 
 def _load_data(config: ExperimentConfig) -> data.Dataset:
@@ -107,7 +121,7 @@ def _run(config: ExperimentConfig, dataset: data.Dataset, mode: str, directory: 
          address: str | None, resume: bool) -> Path:
     from rpu_ray.driver import run_pbt
 
-    _init_ray(address)
+    _init_ray(address, config)
     print(f"[rpu-ray] {'resuming' if resume else 'starting'} PBT ({mode}) with "
           f"{config.pbt.population} members in {directory}", flush=True)
     result = run_pbt(config, dataset, mode, directory, run=read_run_file(directory)["run"],
@@ -164,7 +178,7 @@ def _run_rpu(config: ExperimentConfig, dataset: data.Dataset, directory: Path,
 
     from rpu_ray.driver import DatasetHandle, RayRPUDriver
 
-    _init_ray(address)
+    _init_ray(address, config)
     print(f"[rpu-ray] rPU-VAE in {directory}: x-run, {config.rpu.leaf_runs} leaf-runs, final "
           f"model; {config.pbt.population} members of {config.model.num_models} VAEs",
           flush=True)

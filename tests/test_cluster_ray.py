@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 ray = pytest.importorskip("ray")
 
@@ -18,7 +19,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from rpu_ray import data  # noqa: E402
 from rpu_ray.config import ResourcesConfig, load_config  # noqa: E402
 from rpu_ray.driver import run_pbt  # noqa: E402
-from trainables.member import MemberTrainable, gpu_memory_share  # noqa: E402
+from rpu_ray.experiment import unused_gpus_warning  # noqa: E402
+from trainables.member import MemberTrainable, choose_device, gpu_memory_share  # noqa: E402
 
 SMALL = ["train.generation_images=200", "eval.udr_points=100", "pbt.policy.min_score="]
 
@@ -33,6 +35,31 @@ def _dataset(config):
 def test_gpu_memory_share(gpus: float, fraction: float | None, share: float) -> None:
     resources = ResourcesConfig(gpus_per_trial=gpus, gpu_memory_fraction=fraction)
     assert gpu_memory_share(resources) == share
+
+
+@pytest.mark.parametrize("cuda_visible", [False, True])
+def test_auto_device_is_the_gpu_ray_assigned(cuda_visible: bool,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: cuda_visible)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert choose_device("auto", []) == cpu  # no GPU asked for: not GPU 0 of the node
+    assert choose_device("auto", [3]) == (gpu if cuda_visible else cpu)
+    assert choose_device("cpu", [3]) == cpu
+    if cuda_visible:
+        assert choose_device("cuda", []) == gpu  # asked for explicitly
+    else:
+        with pytest.raises(RuntimeError, match="no GPU is visible"):
+            choose_device("cuda", [0])
+
+
+def test_a_cluster_with_gpus_nobody_asked_for_gets_a_warning() -> None:
+    config = load_config(preset_name="smoke")
+    assert "has 4 GPU(s) but resources.gpus_per_trial is 0" in unused_gpus_warning(4.0, config)
+    assert unused_gpus_warning(0.0, config) is None
+    config.resources.gpus_per_trial = 0.25
+    assert unused_gpus_warning(4.0, config) is None
+    config.resources.gpus_per_trial, config.train.device = 0.0, "cpu"
+    assert unused_gpus_warning(4.0, config) is None
 
 
 def test_member_actors_say_which_member_of_which_run_they_train() -> None:

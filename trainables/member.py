@@ -22,6 +22,7 @@ import os
 import signal
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,13 @@ def inject_fault() -> None:
     raise RuntimeError(f"fault injected through {FAULT_ENV}")
 
 
-def choose_device(preference: str) -> torch.device:
-    """`auto`: the GPU Ray assigned to this trial if there is one, else the CPU."""
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+def choose_device(preference: str, assigned_gpus: Sequence[int | str]) -> torch.device:
+    """`auto`: the GPU Ray assigned to this trial (`assigned_gpus`, from `ray.get_gpu_ids()`)
+    if CUDA sees it, else the CPU. Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a trial
+    that asked for no GPU: going by `torch.cuda.is_available()` alone would put every such
+    trial of a GPU node on GPU 0."""
+    if preference == "cpu" or (preference == "auto" and not (
+            assigned_gpus and torch.cuda.is_available())):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError("train.device is 'cuda' but no GPU is visible to this trial")
@@ -104,7 +109,7 @@ class MemberTrainable(tune.Trainable):
         self.experiment: ExperimentConfig = from_dict(settings["experiment"])
         self.mode: str = settings["mode"]
         self.run_name: str = settings["run"]
-        self.device = choose_device(self.experiment.train.device)
+        self.device = choose_device(self.experiment.train.device, ray.get_gpu_ids())
         self._configure_device()
         self.images = self._device_images(images, subset)
         self.factors = None if factors is None else (
