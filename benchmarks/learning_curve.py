@@ -130,13 +130,20 @@ def learning_curve(dataset: data.Dataset, hyperparameters: dict[str, float], bud
     return pd.DataFrame(rows)
 
 
+# Strides per factor by data set (--subsample's default), and at --smoke: dSprites' give
+# replicate.py's cpu and smoke data; Shapes3D's a grid of the same order of size (10,000 and
+# 960 images, as replicate.py's SHAPES3D_SUBSAMPLE).
+SUBSAMPLE = {"dsprites": "1,2,8,2,2", "shapes3d": "2,2,2,2,1,3"}
+SMOKE_SUBSAMPLE = {"dsprites": "3,5,40,4,4", "shapes3d": "5,5,2,2,1,5"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="dsprites", choices=("dsprites", "shapes3d"))
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--subsample", default="1,2,8,2,2",
-                        help="strides per factor, comma-separated (replicate.py's cpu budget)")
+    parser.add_argument("--subsample", help="strides per factor, comma-separated (default: "
+                        "replicate.py's cpu data, dSprites 1,2,8,2,2)")
     parser.add_argument("--fix", metavar="FACTOR=CLASS,...",
                         help="train on the images with these factor classes only (a leaf-run's "
                              "subset after a reduction), e.g. posX=8,posY=8 or posX=6-10")
@@ -158,9 +165,10 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: seconds on a CPU")
     args = parser.parse_args()
     if args.smoke:
-        args.subsample, args.images, args.first, args.checkpoints = "3,5,40,4,4", 600, 200, 2
+        args.subsample = args.subsample or SMOKE_SUBSAMPLE[args.dataset]
+        args.images, args.first, args.checkpoints = 600, 200, 2
         args.points, args.udr_points = 200, 100
-    subsample = [int(s) for s in args.subsample.split(",")]
+    subsample = [int(s) for s in (args.subsample or SUBSAMPLE[args.dataset]).split(",")]
     dataset = data.load(args.dataset, image_size=args.image_size, subsample=subsample)
     if args.fix:
         dataset = fixed_factors(dataset, args.fix)

@@ -49,9 +49,11 @@ Locatello et al.'s semi-supervised baseline (`rpu_ray.baseline.train_semi_superv
 baseline run of beta-TCVAE with gamma_sup = 4 times the "xent" regulariser on the same `labels`
 labelled images as the other Fig. 1b methods.
 
-Outputs in --out: runs.csv (one row per final model: experiment, method, dataset, seed, budget,
-mig, dci_*, sap, udr, wall_s, model_images), summary.md (mean and std per method) and one box
-plot per experiment (<experiment>.png).
+Outputs in --out (default ./replication): runs.csv (one row per final model: experiment,
+method, dataset, seed, budget, mig, dci_*, sap, udr, wall_s, model_images), summary.md (mean
+and std per method) and one box plot per experiment (<experiment>.png). Without
+--experiment, all four run. The data are 32 px procedural dSprites (`Budget.subsample`), or
+Shapes3D with --dataset shapes3d (`SHAPES3D_SUBSAMPLE`).
 
     python benchmarks/replicate.py --smoke               # CPU, minutes; the test suite runs it
     python benchmarks/replicate.py --budget cpu --experiment fig4   # 2 CPU cores: ~75 minutes
@@ -197,6 +199,11 @@ BUDGETS = {
 # PBT methods first and carries runs.csv over calls.
 BUDGETS["gpu"] = dataclasses.replace(BUDGETS["cpu"], generation_images=160_000,
                                      leaf_generation_images=16_000)
+# `Budget.subsample` are dSprites' strides. Shapes3D's (floor, wall and object hue, scale,
+# shape, orientation) per budget give a grid of the same order of size: 960 images at smoke
+# size, 10,000 at cpu and gpu size.
+SHAPES3D_SUBSAMPLE = {"smoke": (5, 5, 2, 2, 1, 5), "cpu": (2, 2, 2, 2, 1, 3),
+                      "gpu": (2, 2, 2, 2, 1, 3)}
 
 
 def _bounds(budget: Budget) -> list[str]:
@@ -388,8 +395,9 @@ def replicate(experiments: list[str], budget_name: str, dataset_name: str, out: 
     rows = _previous_runs(out / "runs.csv", {"budget": label, "dataset": dataset_name,
                                              "budget_id": fingerprint})
     done = {(row["experiment"], row["method"], row["seed"]) for row in rows}
+    strides = SHAPES3D_SUBSAMPLE[budget_name] if dataset_name == "shapes3d" else budget.subsample
     dataset = data.load(dataset_name, image_size=budget.image_size,
-                        subsample=list(budget.subsample) if budget.subsample else None)
+                        subsample=list(strides) if strides else None)
     out.mkdir(parents=True, exist_ok=True)
     for experiment in experiments:
         for method, run in methods(experiment, budget, seeds).items():
@@ -482,7 +490,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", choices=EXPERIMENTS, action="append",
                         help="repeatable; default: all")
-    parser.add_argument("--budget", choices=list(BUDGETS), default="gpu")
+    parser.add_argument("--budget", choices=list(BUDGETS),
+                        help="required unless --smoke (cpu: hours on 2 cores for all of fig4)")
     parser.add_argument("--smoke", action="store_true", help="--budget smoke")
     parser.add_argument("--dataset", default="dsprites", choices=("dsprites", "shapes3d"))
     parser.add_argument("--seeds", type=int, help="runs per method (default: the budget's)")
@@ -494,8 +503,11 @@ def main() -> None:
     parser.add_argument("--method", action="append",
                         help="run only this method (repeatable; names as in summary.md)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=Path("replication"))
+    parser.add_argument("--out", type=Path, default=Path("replication"),
+                        help="output folder (default ./replication)")
     args = parser.parse_args()
+    if not (args.smoke or args.budget):
+        parser.error("choose a size: --smoke, --budget cpu or --budget gpu")
     table = replicate(args.experiment or list(EXPERIMENTS),
                       "smoke" if args.smoke else args.budget, args.dataset, args.out,
                       args.device, args.seeds, args.scale, args.method, args.leaf_scale)

@@ -52,10 +52,12 @@ def test_curve_trains_on_to_each_budget_and_scores_every_vae(
         assert 0.0 <= row.udr <= 1.0
 
 
-def test_smoke_command_writes_its_csv(tmp_path, monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("dataset", ["dsprites", "shapes3d"])
+def test_smoke_command_writes_its_csv(dataset: str, tmp_path, monkeypatch: pytest.MonkeyPatch,
                                       one_cpu_thread: None) -> None:
     path = tmp_path / "curve.csv"
-    monkeypatch.setattr(sys, "argv", ["learning_curve.py", "--smoke", "--csv", str(path)])
+    monkeypatch.setattr(sys, "argv", ["learning_curve.py", "--smoke", "--dataset", dataset,
+                                      "--csv", str(path)])
     learning_curve.main()
     table = pd.read_csv(path)
     assert list(table.images) == [200, 600]

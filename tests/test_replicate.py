@@ -165,6 +165,21 @@ def test_replication_continues_from_its_runs_csv(tmp_path: Path, monkeypatch) ->
         replicate.dataclasses.replace(smoke, leaf_generation_images=401), 2)
 
 
+def test_shapes3d_gets_a_grid_of_its_own_factors(tmp_path: Path, monkeypatch) -> None:
+    assert set(replicate.SHAPES3D_SUBSAMPLE) == set(replicate.BUDGETS)
+    seen = []
+
+    def fake_run(dataset, budget, seed, device):
+        seen.append(dataset)
+        return {"mig": 0.1, "dci_disentanglement": 0.2, "model_images": 1}
+
+    monkeypatch.setattr(replicate, "methods", lambda *args: {"a": fake_run})
+    monkeypatch.setattr(replicate, "plot", lambda *args: None)
+    table = replicate.replicate(["fig4"], "smoke", "shapes3d", tmp_path, "cpu", seeds=1)
+    assert len(seen[0]) == 960 and seen[0].images.shape[1:] == (3, 32, 32)
+    assert len(seen[0].factor_names) == 6 and list(table.dataset) == ["shapes3d"]
+
+
 def test_baseline_values_spread_over_the_grid() -> None:
     betas = replicate.GRIDS["betavae"].values  # 1, 2, 4, 6, 8, 16
     assert [replicate.grid_value("betavae", s, 2) for s in range(2)] == [betas[1], betas[4]]
