@@ -47,6 +47,16 @@ def test_resolution_order_file_preset_overrides(tmp_path: Path) -> None:
     assert load_config(path, preset_name="demo").train.generation_images == demo
 
 
+def test_example_experiment_file_loads_over_its_preset() -> None:
+    path = Path(__file__).resolve().parents[1] / "examples" / "experiment.yaml"
+    config = load_config(path, overrides=["seed=2"])
+    demo = load_config(preset_name="demo")
+    assert config.name == "my-images" and config.seed == 2
+    assert config.data.subsample == 4096 and config.pbt.population == 4
+    assert config.eval.udr_kl_threshold == demo.eval.udr_kl_threshold  # from the preset
+    assert config.pbt.policy == demo.pbt.policy
+
+
 def test_parse_override_values_are_yaml() -> None:
     assert parse_override("a.b=8") == {"a": {"b": 8}}
     assert load_config(overrides=["eval.udr_kl_threshold=1e-3"]).eval.udr_kl_threshold == 1e-3
