@@ -6,7 +6,7 @@ Reads several output folders of `benchmarks/replicate.py` (each one budget C, i.
   scaling.md   mean and standard deviation of MIG per method and C, and for every other method
                the gap to `--method` (default rPU-VAE) at each C both ran, with the C at which
                the gap reaches its target, continued linearly in log C from the two largest C
-               both ran (the issue's "what budget would be needed, from measured scaling");
+               both ran ("what budget would be needed", from measured scaling);
   scaling.png  mean MIG (bars: standard deviation over the final models) against C.
 
 A gap is the other method's mean MIG minus `--method`'s. Its target is the margin given by
