@@ -157,21 +157,7 @@ def test_pbt_exploits_and_replaces_diverged_members(ray_session, tmp_path: Path)
 
 def test_interrupted_run_resumes_where_it_stopped(ray_session, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "rpu_ray.cli", "-q", "pbt", "--preset", "smoke",
-               "--out", str(out), *[a for o in SMALL for a in ("--set", o)],
-               "--set", "pbt.policy.max_generations=4"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        if (out / "events.jsonl").exists() and _generations(out):
-            break
-        time.sleep(0.5)
-    assert process.poll() is None, process.stdout.read()
-    process.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and returns
-    output, _ = process.communicate(timeout=120)
-    assert "interrupted after" in output and "--resume" in output, output
+    _interrupt_after(_pbt_command(out, "pbt.policy.max_generations=4"), out, generations=1)
     done_before = len(_generations(out))
     assert 1 <= done_before < 4
 
@@ -181,6 +167,51 @@ def test_interrupted_run_resumes_where_it_stopped(ray_session, tmp_path: Path) -
     assert generations[-1]["stop_reason"] == "max_generations"
     results = pd.read_csv(out / "results.csv")
     assert results.groupby("trial_id").training_iteration.max().eq(4).all()
+
+
+def _interrupt_after(command: list[str], out: Path, generations: int) -> str:
+    """Run `command` (an `rpu-ray pbt` into `out`), Ctrl+C it once `generations` generations
+    are logged, and return its output (which must say how to resume)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if (out / "events.jsonl").exists() and len(_generations(out)) >= generations:
+            break
+        time.sleep(0.5)
+    assert process.poll() is None, process.stdout.read()
+    process.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and returns
+    output, _ = process.communicate(timeout=120)
+    assert "interrupted after" in output and "--resume" in output, output
+    return output
+
+
+def _pbt_command(out: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "rpu_ray.cli", "-q", "pbt", "--preset", "smoke",
+            "--out", str(out), *[a for o in [*SMALL, *overrides] for a in ("--set", o)]]
+
+
+def test_resumed_run_leaves_a_member_that_failed_for_good_behind(
+        ray_session, fault_file: Path, tmp_path: Path) -> None:
+    """A member fails for good in generation 1 (no retries); the run is interrupted after it
+    and resumed: the three others finish every generation, the failed one is not restarted
+    (it would re-run generations the others have passed)."""
+    out = tmp_path / "run"
+    fault_file.write_text("raise")  # the subprocess inherits the fault's path (ray_session)
+    _interrupt_after(_pbt_command(out, "pbt.max_failures=0", "pbt.policy.max_generations=6",
+                                  "train.generation_images=1000"), out, generations=2)
+    assert not fault_file.exists()
+    done_before = len(_generations(out))
+    assert 2 <= done_before < 6
+
+    resume_pbt(out)
+    generations = _generations(out)
+    assert [g["generation"] for g in generations] == list(range(6))
+    assert [g["population"] for g in generations] == [4, 3, 3, 3, 3, 3]
+    assert generations[-1]["stop_reason"] == "max_generations"
+    last = pd.read_csv(out / "results.csv").groupby("trial_id").training_iteration.max()
+    assert sorted(last.tolist())[-3:] == [6, 6, 6] and sorted(last.tolist())[:-3] in ([1], [])
 
 
 @pytest.mark.parametrize(("fault", "max_failures"), [("raise", 2), ("kill", 2), ("raise", 0)])
