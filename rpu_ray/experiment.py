@@ -62,15 +62,21 @@ def _new_directory(out: str | Path | None, config: ExperimentConfig, mode: str) 
     return out
 
 
-def unused_gpus_warning(cluster_gpus: float, config: ExperimentConfig) -> str | None:
-    """The warning for a cluster with GPUs that the members would not use: a trial asks Ray
-    for `resources.gpus_per_trial` GPUs, and `train.device: auto` trains on the GPU Ray
-    assigned, so with 0 every member trains on the CPU."""
-    if cluster_gpus <= 0 or config.resources.gpus_per_trial > 0 or config.train.device != "auto":
-        return None
-    return (f"[rpu-ray] warning: the cluster has {cluster_gpus:g} GPU(s) but "
-            "resources.gpus_per_trial is 0, so every member trains on the CPU; set e.g. "
-            "--set resources.gpus_per_trial=0.25 (four members per GPU)")
+def gpu_warning(cluster_gpus: float, config: ExperimentConfig) -> str | None:
+    """The warning for a mismatch of the cluster's GPUs and the trials' request: a trial asks
+    Ray for `resources.gpus_per_trial` GPUs and `train.device: auto` trains on what Ray
+    assigned, so with 0 every member trains on the CPU; and trials that ask for GPUs on a
+    cluster without any wait (for an autoscaler to add GPU nodes, as cluster.yaml's does)."""
+    asked = config.resources.gpus_per_trial
+    if cluster_gpus > 0 and asked == 0 and config.train.device == "auto":
+        return (f"[rpu-ray] warning: the cluster has {cluster_gpus:g} GPU(s) but "
+                "resources.gpus_per_trial is 0, so every member trains on the CPU; set e.g. "
+                "--set resources.gpus_per_trial=0.25 (four members per GPU)")
+    if cluster_gpus == 0 and asked > 0:
+        return (f"[rpu-ray] warning: each member asks for {asked:g} GPU(s) and the cluster has "
+                "none yet: members wait until an autoscaler adds GPU nodes (without GPUs, set "
+                "--set resources.gpus_per_trial=0)")
+    return None
 
 
 def _init_ray(address: str | None, config: ExperimentConfig) -> None:
@@ -83,7 +89,7 @@ def _init_ray(address: str | None, config: ExperimentConfig) -> None:
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(address=address, log_to_driver=False)
-    warning = unused_gpus_warning(ray.cluster_resources().get("GPU", 0.0), config)
+    warning = gpu_warning(ray.cluster_resources().get("GPU", 0.0), config)
     if warning:
         print(warning, flush=True)
 

@@ -19,7 +19,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from rpu_ray import data  # noqa: E402
 from rpu_ray.config import ResourcesConfig, load_config  # noqa: E402
 from rpu_ray.driver import run_pbt  # noqa: E402
-from rpu_ray.experiment import unused_gpus_warning  # noqa: E402
+from rpu_ray.experiment import gpu_warning  # noqa: E402
 from trainables.member import MemberTrainable, choose_device, gpu_memory_share  # noqa: E402
 
 SMALL = ["train.generation_images=200", "eval.udr_points=100", "pbt.policy.min_score="]
@@ -52,14 +52,15 @@ def test_auto_device_is_the_gpu_ray_assigned(cuda_visible: bool,
             choose_device("cuda", [0])
 
 
-def test_a_cluster_with_gpus_nobody_asked_for_gets_a_warning() -> None:
+def test_gpus_that_members_do_not_ask_for_or_cannot_get_are_warned_about() -> None:
     config = load_config(preset_name="smoke")
-    assert "has 4 GPU(s) but resources.gpus_per_trial is 0" in unused_gpus_warning(4.0, config)
-    assert unused_gpus_warning(0.0, config) is None
+    assert "has 4 GPU(s) but resources.gpus_per_trial is 0" in gpu_warning(4.0, config)
+    assert gpu_warning(0.0, config) is None
     config.resources.gpus_per_trial = 0.25
-    assert unused_gpus_warning(4.0, config) is None
+    assert gpu_warning(4.0, config) is None
+    assert "asks for 0.25 GPU(s) and the cluster has none yet" in gpu_warning(0.0, config)
     config.resources.gpus_per_trial, config.train.device = 0.0, "cpu"
-    assert unused_gpus_warning(4.0, config) is None
+    assert gpu_warning(4.0, config) is None
 
 
 def test_member_actors_say_which_member_of_which_run_they_train() -> None:
