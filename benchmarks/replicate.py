@@ -420,7 +420,11 @@ def replicate(experiments: list[str], budget_name: str, dataset_name: str, out: 
     table = pd.DataFrame(rows)
     (out / "summary.md").write_text(summary_markdown(table))
     for experiment in table.experiment.unique():
-        plot(table[table.experiment == experiment], out / f"{experiment}.png",
+        runs = table[table.experiment == experiment]
+        # The paper's order of the methods, not the order in which they ran.
+        rank = {name: i for i, name in enumerate(methods(experiment, budget, seeds))}
+        order = np.argsort([rank.get(name, len(rank)) for name in runs.method], kind="stable")
+        plot(runs.iloc[order], out / f"{experiment}.png",
              f"{experiment}, {dataset_name}, budget {label}")
     return table
 
@@ -464,7 +468,8 @@ def summary_markdown(table: pd.DataFrame) -> str:
 
 
 def plot(table: pd.DataFrame, path: Path, title: str) -> None:
-    """Box plots of MIG and DCI disentanglement per method, as the paper's figures."""
+    """Box plots of MIG and DCI disentanglement per method (in the order of the rows), as the
+    paper's figures."""
     import matplotlib
 
     matplotlib.use("Agg")

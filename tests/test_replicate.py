@@ -165,6 +165,20 @@ def test_replication_continues_from_its_runs_csv(tmp_path: Path, monkeypatch) ->
         replicate.dataclasses.replace(smoke, leaf_generation_images=401), 2)
 
 
+def test_plots_show_the_methods_in_the_papers_order(tmp_path: Path, monkeypatch) -> None:
+    def run(dataset, budget, seed, device):
+        return {"mig": 0.1, "dci_disentanglement": 0.2, "model_images": 1}
+
+    monkeypatch.setattr(replicate, "methods", lambda *args: {"a": run, "b": run})
+    plotted = []
+    monkeypatch.setattr(replicate, "plot", lambda table, *args: plotted.append(list(
+        zip(table.method, table.seed, strict=True))))
+    replicate.replicate(["fig4"], "smoke", "dsprites", tmp_path, "cpu", seeds=2, only=["b"])
+    replicate.replicate(["fig4"], "smoke", "dsprites", tmp_path, "cpu", seeds=2)
+    assert list(pd.read_csv(tmp_path / "runs.csv").method) == ["b", "b", "a", "a"]
+    assert plotted[-1] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+
+
 def test_shapes3d_gets_a_grid_of_its_own_factors(tmp_path: Path, monkeypatch) -> None:
     assert set(replicate.SHAPES3D_SUBSAMPLE) == set(replicate.BUDGETS)
     seen = []
