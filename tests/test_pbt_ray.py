@@ -169,9 +169,9 @@ def test_interrupted_run_resumes_where_it_stopped(ray_session, tmp_path: Path) -
     assert results.groupby("trial_id").training_iteration.max().eq(4).all()
 
 
-def _interrupt_after(command: list[str], out: Path, generations: int) -> str:
-    """Run `command` (an `rpu-ray pbt` into `out`), Ctrl+C it once `generations` generations
-    are logged, and return its output (which must say how to resume)."""
+def _interrupt_after(command: list[str], out: Path, generations: int) -> None:
+    """Run `command` (an `rpu-ray pbt` into `out`) and Ctrl+C it once `generations`
+    generations are logged; its output must say how to resume."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
@@ -184,7 +184,6 @@ def _interrupt_after(command: list[str], out: Path, generations: int) -> str:
     process.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and returns
     output, _ = process.communicate(timeout=120)
     assert "interrupted after" in output and "--resume" in output, output
-    return output
 
 
 def _pbt_command(out: Path, *overrides: str) -> list[str]:

@@ -165,11 +165,14 @@ def test_replication_continues_from_its_runs_csv(tmp_path: Path, monkeypatch) ->
         replicate.dataclasses.replace(smoke, leaf_generation_images=401), 2)
 
 
-def test_plots_show_the_methods_in_the_papers_order(tmp_path: Path, monkeypatch) -> None:
-    def run(dataset, budget, seed, device):
-        return {"mig": 0.1, "dci_disentanglement": 0.2, "model_images": 1}
+def _constant_run(dataset, budget, seed, device) -> dict[str, float]:
+    """A method's run as `replicate` calls it, without training: one fixed row."""
+    return {"mig": 0.1, "dci_disentanglement": 0.2, "model_images": 1}
 
-    monkeypatch.setattr(replicate, "methods", lambda *args: {"a": run, "b": run})
+
+def test_plots_show_the_methods_in_the_papers_order(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(replicate, "methods",
+                        lambda *args: {"a": _constant_run, "b": _constant_run})
     plotted = []
     monkeypatch.setattr(replicate, "plot", lambda table, *args: plotted.append(list(
         zip(table.method, table.seed, strict=True))))
@@ -185,7 +188,7 @@ def test_shapes3d_gets_a_grid_of_its_own_factors(tmp_path: Path, monkeypatch) ->
 
     def fake_run(dataset, budget, seed, device):
         seen.append(dataset)
-        return {"mig": 0.1, "dci_disentanglement": 0.2, "model_images": 1}
+        return _constant_run(dataset, budget, seed, device)
 
     monkeypatch.setattr(replicate, "methods", lambda *args: {"a": fake_run})
     monkeypatch.setattr(replicate, "plot", lambda *args: None)
