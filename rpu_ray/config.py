@@ -277,6 +277,10 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         return {_convert(k, key_type, key): _convert(v, value_type, f"{key}.{k}")
                 for k, v in value.items()}
     if origin in (list, tuple):
+        if isinstance(value, str) and "," in value:
+            # `--set data.subsample=1,1,4,2,2` reads as the string "1,1,4,2,2": the same
+            # comma form the CLI's --subsample takes, so read it as the list it means
+            value = _read_yaml(f"v: [{value}]", key)["v"]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         args = typing.get_args(annotation)

@@ -66,6 +66,14 @@ def test_parse_override_values_are_yaml() -> None:
         parse_override("novalue")
 
 
+def test_comma_separated_values_fill_list_settings_only() -> None:
+    # the same comma form as the CLI's --subsample 1,1,4,2,2
+    assert load_config(overrides=["data.subsample=1,1,4,2,2"]).data.subsample == [1, 1, 4, 2, 2]
+    assert load_config(overrides=["name=a,b"]).name == "a,b"  # strings keep their commas
+    with pytest.raises(ConfigError, match=r"data\.subsample: expected int or list"):
+        load_config(overrides=["data.subsample=1,x"])
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("modle.num_models=2", "unknown setting modle"),
     ("model.size=2", "unknown setting model.size"),
