@@ -31,6 +31,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+# benchmarks/ is this script's folder: on sys.path when it runs, and put there by the tests
+from replicate import BUDGETS, SHAPES3D_SUBSAMPLE, labelled_factors
+
 from rpu_ray import data
 from rpu_ray.config import EvalConfig
 from rpu_ray.engine import Member
@@ -66,7 +69,7 @@ def active_labels(member: Member, dataset: data.Dataset, points: int, seed: int
         active = active_latents(gaussian_kl(mu[i], logsigma[i]), threshold)
         truth = label_ground_truth(mu[i][sample], active, factors[sample], dataset.factor_names)
         row[f"active_{i}"] = len(active)
-        row[f"labels_{i}"] = " ".join(factor for factor, _ in truth["labels"].values()) or "-"
+        row[f"labels_{i}"] = labelled_factors(truth) or "-"
         reduction = reduce(mu[i][:, active])
         if not reduction.ok:
             row[f"subset_{i}"] = "-"
@@ -130,11 +133,11 @@ def learning_curve(dataset: data.Dataset, hyperparameters: dict[str, float], bud
     return pd.DataFrame(rows)
 
 
-# Strides per factor by data set (--subsample's default), and at --smoke: dSprites' give
-# replicate.py's cpu and smoke data; Shapes3D's a grid of the same order of size (10,000 and
-# 960 images, as replicate.py's SHAPES3D_SUBSAMPLE).
-SUBSAMPLE = {"dsprites": "1,2,8,2,2", "shapes3d": "2,2,2,2,1,3"}
-SMOKE_SUBSAMPLE = {"dsprites": "3,5,40,4,4", "shapes3d": "5,5,2,2,1,5"}
+# Strides per factor by data set: --subsample's default is replicate.py's cpu data; at
+# --smoke, Shapes3D's is replicate.py's smoke data and dSprites' a smaller grid than
+# replicate.py's (128 images: seconds).
+SUBSAMPLE = {"dsprites": BUDGETS["cpu"].subsample, "shapes3d": SHAPES3D_SUBSAMPLE["cpu"]}
+SMOKE_SUBSAMPLE = {"dsprites": (3, 5, 40, 4, 4), "shapes3d": SHAPES3D_SUBSAMPLE["smoke"]}
 
 
 def main() -> None:
@@ -164,11 +167,11 @@ def main() -> None:
     parser.add_argument("--csv", type=Path)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: seconds on a CPU")
     args = parser.parse_args()
+    strides = (SMOKE_SUBSAMPLE if args.smoke else SUBSAMPLE)[args.dataset]
     if args.smoke:
-        args.subsample = args.subsample or SMOKE_SUBSAMPLE[args.dataset]
         args.images, args.first, args.checkpoints = 600, 200, 2
         args.points, args.udr_points = 200, 100
-    subsample = [int(s) for s in (args.subsample or SUBSAMPLE[args.dataset]).split(",")]
+    subsample = [int(s) for s in args.subsample.split(",")] if args.subsample else list(strides)
     dataset = data.load(args.dataset, image_size=args.image_size, subsample=subsample)
     if args.fix:
         dataset = fixed_factors(dataset, args.fix)

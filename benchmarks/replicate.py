@@ -279,9 +279,7 @@ def rpu_run(dataset: data.Dataset, budget: Budget, seed: int, device: str,
         final = state.get("final", {}).get("model") or state["metaepochs"]["x"]["model"]
         model, _ = load_vae(final, device)
     def labelled(key: str) -> str:
-        """The factor each surrogate label of metaEpoch `key` shares most information with."""
-        truth = state["metaepochs"][key].get("ground_truth", {}).get("labels", {})
-        return " ".join(factor for factor, _ in truth.values())
+        return labelled_factors(state["metaepochs"][key].get("ground_truth", {}))
 
     deeper = sorted(key for key, record in state["metaepochs"].items()
                     if key != "x" and record.get("status") == "done")
@@ -294,6 +292,12 @@ def rpu_run(dataset: data.Dataset, budget: Budget, seed: int, device: str,
             "rpu_stop": state.get("stop_reason", ""),
             "metaepochs": len(state["metaepochs"]), "model_images": driver_model_images(state),
             "wall_s": time.time() - started}
+
+
+def labelled_factors(ground_truth: dict[str, Any]) -> str:
+    """The factor each surrogate label shares the most information with, space-separated
+    ("" for none), from `rpu_ray.evaluation.label_ground_truth`'s result."""
+    return " ".join(factor for factor, _ in ground_truth.get("labels", {}).values())
 
 
 def grid_value(model: str, seed: int, seeds: int) -> float:

@@ -17,8 +17,12 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 def load_benchmark(name: str) -> ModuleType:
     """The script benchmarks/<name>.py as a module (benchmarks/ is not a package), registered
-    in `sys.modules` so that its dataclasses can look their module up."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    in `sys.modules` so that its dataclasses can look their module up. benchmarks/ goes on
+    `sys.path`, as it is when a script runs, so that the scripts can import each other."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    path = folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
