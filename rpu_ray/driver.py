@@ -95,6 +95,12 @@ def _progress_printer(run: str) -> Callable[[dict[str, Any]], None]:
                 f"(member {summary['best_member']}: {hparams})")
         if summary["stop_reason"]:
             text += f" -> stop: {summary['stop_reason']}"
+            if summary.get("filtered_latents") == 0:
+                text += (f"\n[{run}] note: UDR's KL filter (eval.udr_kl_threshold) left out no "
+                         "latent of the best member's VAEs: their unused latents have not "
+                         "collapsed, so UDR compared those too and may not rank "
+                         "disentanglement. Train longer (train.generation_images) or raise "
+                         "the filter (the demo preset's is 0.3).")
         print(text, flush=True)
 
     return report

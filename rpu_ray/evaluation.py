@@ -77,7 +77,10 @@ def score_udr(member: Member, images: torch.Tensor, config: EvalConfig) -> dict[
     """UDR score of a member on its current data set (`images`: uint8 (N, C, H, W) tensor).
 
     Returns `score` (mean model score, NaN if not computable), `model_scores` (M,) and `kl`
-    (M, z) as lists, ready for a Tune result.
+    (M, z) as lists, ready for a Tune result, and `filtered_latents`: how many latents of
+    all M VAEs UDR's KL filter left out (KL <= `config.udr_kl_threshold`). None filtered at
+    the end of a run means the unused latents have not collapsed, and UDR then compares them
+    too (`_progress_printer` says so).
     """
     positions = evaluation_positions(len(images), config.udr_points, config.score_seed)
     mu, logsigma = _encode(member, images, positions)
@@ -93,7 +96,7 @@ def score_udr(member: Member, images: torch.Tensor, config: EvalConfig) -> dict[
     model_scores = udr(mu, kl, correlation=config.udr_correlation, filter_low_kl=True,
                        kl_threshold=config.udr_kl_threshold, empty_model_score=0.0)
     return {"score": float(np.mean(model_scores)), "model_scores": model_scores.tolist(),
-            "kl": kl.tolist()}
+            "kl": kl.tolist(), "filtered_latents": int((kl <= config.udr_kl_threshold).sum())}
 
 
 def _informative(factors: np.ndarray) -> np.ndarray:

@@ -244,6 +244,7 @@ def run_local_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, run
             "best_member": int(best),
             "best_hparams": {k: configs[best][k] for k in HYPERPARAMETERS if k in configs[best]},
             "stop_reason": reason, "seconds": time.time() - tick,
+            "filtered_latents": evaluations[best].get("filtered_latents"),
         }
         generations.append(summary)
         if on_generation is not None:

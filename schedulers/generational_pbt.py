@@ -281,6 +281,7 @@ class GenerationalPBT(PopulationBasedTraining):
             "population": len(scores), "best_member": best.config.get("member"),
             "best_hparams": {k: best.config[k] for k in HYPERPARAMETERS if k in best.config},
             "stop_reason": self.stop_reason, "dropped": len(self._to_stop),
+            "filtered_latents": (live[best].last_result or {}).get("filtered_latents"),
         }
         self._append_event(summary)
         if self.on_generation is not None:

@@ -62,6 +62,12 @@ def test_udr_score_is_the_mean_of_udr_model_scores(member_and_images, kl: str) -
     np.testing.assert_allclose(result["model_scores"], expected, rtol=0, atol=1e-12)
     assert result["score"] == pytest.approx(float(np.mean(expected)), abs=1e-12)
     np.testing.assert_allclose(result["kl"], kls, rtol=1e-12)
+    assert result["filtered_latents"] == int((kls <= config.udr_kl_threshold).sum())
+    # a filter at the median KL leaves out the lower half of the latents
+    median = float(np.median(kls))
+    filtered = score_udr(member, images, EvalConfig(udr_points=205, kl=kl,
+                                                    udr_kl_threshold=median))
+    assert filtered["filtered_latents"] == int((kls <= median).sum()) >= kls.size // 2
 
 
 @pytest.mark.parametrize("num_points", [20, 64, 70])

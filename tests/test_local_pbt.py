@@ -1,6 +1,7 @@
 """Generational PBT in one process (rpu_ray.population.run_local_pbt): no Ray involved."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from rpu_ray import data
 from rpu_ray.config import load_config
-from rpu_ray.driver import plot_pbt
+from rpu_ray.driver import plot_pbt, run_pbt_locally
 from rpu_ray.pbt import quantile_size
 from rpu_ray.population import (
     NoFiniteScoreError,
@@ -70,6 +71,21 @@ def test_diverged_members_are_replaced_by_perturbed_clones() -> None:
     again = score_member(result.best_member, {"diverged": False}, images, "udr", config.eval)
     assert again["score"] == pytest.approx(result.best_score, abs=1e-9)
     assert result.model_images == len(results) * 200 * config.model.num_models
+
+
+@pytest.mark.parametrize(("threshold", "filtered"), [(0.0, "none"), (1e9, "all")])
+def test_the_stop_line_notes_a_udr_kl_filter_that_left_out_no_latent(
+        threshold: float, filtered: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # No KL is <= 0 and every KL is <= 1e9: the filter leaves out none or all latents.
+    config = _config(["pbt.policy.max_generations=1", f"eval.udr_kl_threshold={threshold}"])
+    run_pbt_locally(config, _dataset(config), "udr", tmp_path, run="local")
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    counts = [e["filtered_latents"] for e in events if e["event"] == "generation"]
+    latents = config.model.num_models * config.model.z_dim
+    assert counts == [0 if filtered == "none" else latents]
+    printed = capsys.readouterr().out
+    assert "-> stop: max_generations" in printed
+    assert ("left out no latent" in printed) == (filtered == "none")
 
 
 def test_big_initial_population_keeps_the_best_half_and_runs_are_reproducible() -> None:

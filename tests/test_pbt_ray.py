@@ -153,6 +153,10 @@ def test_pbt_exploits_and_replaces_diverged_members(ray_session, tmp_path: Path)
         ["member_index", "donor_index", "member", "donor"])],
         decisions[decisions.columns.drop(["member_index", "donor_index", "member", "donor"])])
     assert local_decisions.member.astype(int).tolist() == decisions.member_index.tolist()
+    # Both count the latents UDR's KL filter left out of each generation's best member.
+    filtered = [g["filtered_latents"] for g in _generations(tmp_path)]
+    assert filtered == [g["filtered_latents"] for g in _generations(tmp_path / "local")]
+    assert all(0 <= f <= config.model.num_models * config.model.z_dim for f in filtered)
 
 
 def test_interrupted_run_resumes_where_it_stopped(ray_session, tmp_path: Path) -> None:
