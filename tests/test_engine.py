@@ -151,7 +151,11 @@ def test_divergence_is_flagged_without_raising(cause: str) -> None:
             member.model.decoder[0].weight[0, 0] = float("nan")
     result = member.train(_images(32), 64 * 8)
     assert result["diverged"] is True
-    assert result["steps"] < 64  # the generation ended early
+    # The generation (64 steps of 8) ended at the first check that saw a non-finite loss:
+    # checks come every 2 steps, and a NaN weight makes the first loss NaN.
+    assert result["steps"] % 2 == 0 and result["steps"] < 64
+    if cause == "injected_nan":
+        assert result["steps"] == 2 and result["images_seen"] == 16
     healthy = _member().train(_images(32), 16)
     assert healthy["diverged"] is False
 
@@ -283,8 +287,10 @@ def test_training_lowers_the_loss(arch: str) -> None:
 def test_throughput_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     rows = load_benchmark("throughput").main(["--smoke"])
     assert [(r["variant"], r["dtype"]) for r in rows] == [("fused", "fp32"), ("looped", "fp32")]
-    for row in rows:
-        assert set(row["rates"]) == {4, 8}
-        assert all(0 < rate < float("inf") for rate in row["rates"].values())
+    assert all(set(row["rates"]) == {4, 8} for row in rows)
     table = capsys.readouterr().out
-    assert "| fused | fp32 |" in table and "| fused / looped | fp32 |" in table
+    # The table prints the measured rates and, per batch size, their fused / looped ratio.
+    fused, looped = (row["rates"] for row in rows)
+    assert f"| fused | fp32 | {fused[4]:,.0f} | {fused[8]:,.0f} |" in table
+    assert (f"| fused / looped | fp32 | {fused[4] / looped[4]:.1f}x | "
+            f"{fused[8] / looped[8]:.1f}x |") in table

@@ -65,7 +65,10 @@ def test_members_failed_for_good_stay_out_after_a_resume() -> None:
     assert scheduler.choose_trial_to_run(controller) in controller.trials[1:]
 
 
-def test_a_fresh_run_starts_at_the_first_barrier() -> None:
-    scheduler, _ = _restored([(Trial.PENDING, 0)] * 3)
-    assert scheduler._next_perturbation_sync == 1
+def test_a_run_stopped_mid_generation_finishes_that_generation_first() -> None:
+    # Killed while generation 4 (iteration 5) trained: one member had not reported it yet.
+    scheduler, controller = _restored([(Trial.PENDING, 5), (Trial.PENDING, 4),
+                                       (Trial.PENDING, 5)])
+    assert scheduler._next_perturbation_sync == 5  # the barrier it had not reached
     assert not scheduler._dropped and not scheduler._failed
+    assert scheduler.choose_trial_to_run(controller) is controller.trials[1]

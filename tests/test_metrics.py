@@ -500,7 +500,6 @@ def test_metrics_speed_smoke_runs():
         "DCI fast (n_jobs=2)",
         "DCI exact (n_jobs=2)",
     }
-    assert all(row["seconds"] > 0 for row in rows)
     assert 0.1 < by_metric["MIG"]["value"] < 0.9
     assert by_metric["DCI exact (n_jobs=2)"]["value"]["informativeness_test"] > 0.8
     np.testing.assert_array_less(0.5, by_metric["UDR (lasso)"]["value"])

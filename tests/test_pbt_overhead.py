@@ -37,3 +37,6 @@ def test_smoke_run_splits_the_overhead_consistently() -> None:
         # long as its idealised schedule (the list scheduling of its measured steps).
         assert values["step_s"] > 0 and values["ideal_s"] <= values["wall_s"]
         assert all(0 <= values[k] < 1 for k in ("overhead", "imbalance", "tune"))
+        # The split: (1 - overhead) = (1 - imbalance) * (1 - tune), to the printed digits.
+        assert 1 - values["overhead"] == pytest.approx(
+            (1 - values["imbalance"]) * (1 - values["tune"]), abs=2e-3)

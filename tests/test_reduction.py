@@ -400,7 +400,9 @@ def test_below_min_size() -> None:
 
 
 def test_every_stop_reason_is_listed() -> None:
-    assert len(set(STOP_REASONS)) == 6
+    reasons = {STOP_NO_ACTIVE_LATENT, STOP_TOO_FEW_POINTS, STOP_NO_PEAK, STOP_NO_INTERSECTION,
+               STOP_CHOICE_UNAVAILABLE, STOP_BELOW_MIN_SIZE}
+    assert len(reasons) == 6 and set(STOP_REASONS) == reasons and len(STOP_REASONS) == 6
 
 
 # ----------------------------------------------------------------------------- validation

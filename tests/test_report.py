@@ -21,10 +21,13 @@ from rpu_ray import data
 from rpu_ray.cli import main
 from rpu_ray.config import dump_config, load_config
 from rpu_ray.data import Dataset
+from rpu_ray.evaluation import encode_images
 from rpu_ray.experiment import ExperimentDirError, read_events
 from rpu_ray.export import export_vae, load_vae
 from rpu_ray.labels import LabelLevel, LeafRunLabels
+from rpu_ray.metrics import dci, mig_per_factor, sap
 from rpu_ray.models import VAEEnsemble
+from rpu_ray.reduction import GAUSSIAN_KL_ACTIVE_THRESHOLD
 from rpu_ray.report import (
     GAP,
     INACTIVE_BLEND,
@@ -133,6 +136,27 @@ def test_traversal_grid_rejects_bad_inputs(dataset) -> None:
         traversal_grid(VAEEnsemble(2, SHAPE, Z_DIM), dataset.images[0], active=[])
 
 
+def _mean_gaussian_kl(model: VAEEnsemble, images: np.ndarray) -> np.ndarray:
+    """Per-latent mean of 0.5 (mu^2 + sigma^2 - log sigma^2 - 1) of the model's one VAE."""
+    mu, logsigma = (a[0] for a in encode_images(model, images))
+    return np.mean(0.5 * (mu**2 + np.exp(2 * logsigma) - 2 * logsigma - 1), axis=0)
+
+
+@pytest.mark.parametrize("points", [100, 1000])  # a sample of the 240 images, and all of them
+def test_estimate_active_latents_thresholds_the_mean_gaussian_kl(dataset, points: int) -> None:
+    dataset = dataset.subset(np.arange(0, len(dataset), 4))
+    model = _model(1)
+    positions = (np.sort(np.random.default_rng(3).choice(240, points, replace=False))
+                 if points < 240 else np.arange(240))
+    kl = _mean_gaussian_kl(model, dataset.batch(positions))
+    threshold = float(np.median(kl))  # about half the latents above it
+    expected = np.flatnonzero(kl > threshold)
+    assert 0 < len(expected) < Z_DIM
+    np.testing.assert_array_equal(
+        estimate_active_latents(model, dataset, points=points, seed=3, threshold=threshold),
+        expected)
+
+
 def test_save_traversals_is_reproducible_and_estimates_active_latents(tmp_path, dataset) -> None:
     dataset = dataset.subset(np.arange(0, len(dataset), 4))
     path = _export(tmp_path / "vae.pt", seed=1)
@@ -140,12 +164,15 @@ def test_save_traversals_is_reproducible_and_estimates_active_latents(tmp_path, 
     second = save_traversals(path, dataset, tmp_path / "b.png", seed=3)
     assert first.read_bytes() == second.read_bytes()
     model, _ = load_vae(path)
-    active = estimate_active_latents(model, dataset, seed=3).tolist()
+    # all 240 images (fewer than the 1000 points), the default threshold
+    active = np.flatnonzero(_mean_gaussian_kl(model, dataset.all_images())
+                            > GAUSSIAN_KL_ACTIVE_THRESHOLD).tolist()
     image = dataset.batch([int(np.random.default_rng(3).integers(len(dataset)))])[0]
     expected = traversal_grid(model, image, active)
     np.testing.assert_array_equal(np.asarray(Image.open(first)), np.asarray(expected))
     explicit = save_traversals(path, dataset, tmp_path / "c.png", active=[0], seed=3)
-    assert Image.open(explicit).size == expected.size
+    np.testing.assert_array_equal(np.asarray(Image.open(explicit)),
+                                  np.asarray(traversal_grid(model, image, [0])))
 
 
 # ----------------------------------------------------------------------------- run directories
@@ -307,7 +334,7 @@ def test_report_refuses_other_directories(tmp_path) -> None:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def test_evaluate_file_reports_metrics_in_unit_range(tmp_path) -> None:
+def test_evaluate_file_follows_the_papers_protocol(tmp_path) -> None:
     # 16 images, two classes of each factor but shape: exact DCI trains one tree per stage
     dataset = data.load("dsprites", image_size=32, subsample=[3, 3, 20, 16, 16],
                         use_cache=False)
@@ -316,6 +343,21 @@ def test_evaluate_file_reports_metrics_in_unit_range(tmp_path) -> None:
     # starting them costs more than the fits (the results do not depend on it)
     with joblib.parallel_config(backend="sequential"):
         metrics = evaluate_file(path, dataset, mig_points=200, dci_train=200, dci_test=100)
+        # disentanglement_lib's protocol by hand: MIG, then DCI/SAP train and test points,
+        # drawn with replacement from one RandomState(seed); the constant shape left out
+        rng, model = np.random.RandomState(0), load_vae(path)[0]
+        codes, factors = [], []
+        for count in (200, 200, 100):
+            positions = rng.randint(16, size=count)
+            codes.append(encode_images(model, dataset.images[positions])[0][0])
+            factors.append(dataset.factors[positions][:, 1:])
+        expected_dci = dci(codes[1], factors[1], codes[2], factors[2], seed=0, mode="exact")
+    np.testing.assert_allclose(list(metrics["mig_per_factor"].values()),
+                               mig_per_factor(codes[0], factors[0], 20), rtol=0, atol=1e-12)
+    assert metrics["mig"] == pytest.approx(np.mean(mig_per_factor(codes[0], factors[0])))
+    assert metrics["dci"] == pytest.approx(expected_dci, abs=1e-12)
+    assert metrics["sap"] == pytest.approx(sap(codes[1], factors[1], codes[2], factors[2]),
+                                           abs=1e-12)
     values = [metrics["mig"], metrics["sap"], *metrics["dci"].values(),
               *metrics["mig_per_factor"].values()]
     assert all(0 <= v <= 1 for v in values), values

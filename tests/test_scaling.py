@@ -81,7 +81,8 @@ def test_bad_folders_stop_with_the_folder_named(two_budgets: list[Path], tmp_pat
 
 
 def test_command_writes_table_and_plot(two_budgets: list[Path], tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                       monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     monkeypatch.setattr(sys, "argv", ["scaling.py", *map(str, two_budgets), "--margin",
                                       "betatcvae=0.2", "--out", str(out)])
@@ -91,5 +92,6 @@ def test_command_writes_table_and_plot(two_budgets: list[Path], tmp_path: Path,
     assert "| PBT-S-VAE | +0.00 |" in text  # a --margin replaces the default one
     assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
     monkeypatch.setattr(sys, "argv", ["scaling.py", str(two_budgets[0]), "--margin", "0.1"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         scaling.main()
+    assert exit_.value.code == 2 and "expected NAME=VALUE" in capsys.readouterr().err
