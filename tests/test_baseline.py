@@ -75,9 +75,14 @@ def test_run_writes_the_table_and_the_selection(dataset: data.Dataset, tmp_path:
                           select_labels=100, progress=None, lr=1e-3, arch="dlib", **EVAL)
     saved = pd.read_csv(tmp_path / "baselines.csv")
     assert len(saved) == 4 and saved.value.tolist() == [1, 1, 10, 10]
+    for column in ("mig", "label_mig", "dci_disentanglement", "sap", "udr"):
+        np.testing.assert_allclose(saved[column], table[column], rtol=1e-12)
+    # the selection is the row of the best MIG on the labels, with its ground-truth MIG
     selection = json.loads((tmp_path / "selection.json").read_text())
-    assert selection["label_mig"] == pytest.approx(table.label_mig.max())
-    assert selection["value"] == table.value[selection["row"]]
+    best = int(np.argmax(saved.label_mig))
+    assert selection["row"] == best and selection["value"] == saved.value[best]
+    assert selection["label_mig"] == pytest.approx(saved.label_mig.max())
+    assert selection["mig"] == pytest.approx(saved.mig[best], abs=1e-12)
 
 
 def test_cli_runs_a_baseline_and_rejects_bad_points(tmp_path: Path) -> None:

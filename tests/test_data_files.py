@@ -38,8 +38,9 @@ def test_subset_is_an_index_view_not_a_copy() -> None:
     np.testing.assert_array_equal(subsub.storage_indices(), [2, 5])
     with pytest.raises(DataError, match="out of range"):
         sub.subset([3])
-    positions = ds.sample(4, np.random.default_rng(1))
-    assert len(set(positions)) == 4 and positions.max() < 10
+    np.testing.assert_array_equal(ds.sample(4, np.random.default_rng(1)),
+                                  np.sort(np.random.default_rng(1).choice(10, 4, replace=False)))
+    np.testing.assert_array_equal(ds.sample(11, np.random.default_rng(1)), np.arange(10))
 
 
 def test_standalone_copies_a_subset_into_storage_of_its_own() -> None:
@@ -89,7 +90,7 @@ def test_npz_and_h5_round_trip(tmp_path: Path, layout: str, kind: str) -> None:
         # A count subsample of a file is a data set of its own (rPU-VAE's labels refer to
         # storage positions), the images drawn by the seed.
         picked = data.load(tmp_path / name, subsample=3, seed=4)
-        positions = ds.sample(3, np.random.default_rng(4))
+        positions = np.sort(np.random.default_rng(4).choice(5, 3, replace=False))
         assert picked.indices is None
         np.testing.assert_array_equal(picked.images, original[positions])
         np.testing.assert_array_equal(picked.factors, labels[positions])
@@ -144,10 +145,24 @@ def test_image_folder_mixed_modes_become_rgb(tmp_path: Path) -> None:
 
 
 def test_other_sizes_are_resized(tmp_path: Path) -> None:
-    np.savez(tmp_path / "x.npz", images=images_nchw(3, 1, 48))
-    assert data.load(tmp_path / "x.npz", image_size=32).images.shape == (3, 1, 32, 32)
-    np.savez(tmp_path / "y.npz", images=images_nchw(2, 3, 128))
-    assert data.load(tmp_path / "y.npz", image_size=32).images.shape == (2, 3, 32, 32)
+    odd = images_nchw(3, 1, 48)  # 48 -> 32: PIL's box filter, plane by plane
+    np.savez(tmp_path / "x.npz", images=odd)
+    expected = [[np.asarray(Image.fromarray(plane).resize((32, 32), Image.BOX))
+                 for plane in image] for image in odd]
+    np.testing.assert_array_equal(data.load(tmp_path / "x.npz", image_size=32).images,
+                                  expected)
+    big = images_nchw(2, 3, 128)  # 128 -> 32: two exact 2x2 block means
+    np.savez(tmp_path / "y.npz", images=big)
+    np.testing.assert_array_equal(data.load(tmp_path / "y.npz", image_size=32).images,
+                                  halve(halve(big)))
+
+
+def test_halving_is_the_block_mean_rounded_half_up() -> None:
+    block = np.array([[0, 1], [2, 3]], np.uint8)  # mean 1.5
+    image = np.tile(block, (2, 2))[None, None] + np.array([0, 0, 100, 100], np.uint8)[
+        None, None, :, None]  # the lower two blocks 100 higher
+    np.testing.assert_array_equal(halve(image)[0, 0], [[2, 2], [102, 102]])
+    np.testing.assert_array_equal(halve(np.full((1, 3, 8, 8), 255, np.uint8)), 255)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -305,6 +320,7 @@ def test_subsample_is_sliced_from_an_existing_cache(tmp_path: Path,
     np.save(procedural.cache_path(procedural.get_spec("dsprites"), 32), fake_cache)
     ds = data.load("dsprites", image_size=32, subsample=[1, 1, 1, 1, 1])
     assert len(ds) == 737_280
+    np.testing.assert_array_equal(ds.batch([5, 70_000, 737_279]), rendered + 1)
     picked = procedural.load_procedural("dsprites", 32, subsample=3, seed=0)
     flat = procedural.subsample_indices(dsprites.FACTOR_SIZES, 3, 0)
     np.testing.assert_array_equal(picked.images, fake_cache[flat])

@@ -21,7 +21,7 @@ from rpu_ray.data import Dataset
 from rpu_ray.driver import PBTRunResult, RPUDriver, model_images
 from rpu_ray.experiment import status_text
 from rpu_ray.export import export_vae
-from rpu_ray.labels import LabelLevel
+from rpu_ray.labels import LabelLevel, LeafRunLabels
 from rpu_ray.models import VAEEnsemble
 from rpu_ray.population import NoFiniteScoreError
 from rpu_ray.report import write_report
@@ -59,19 +59,25 @@ def _squares() -> Dataset:
     return Dataset(images[:, None], factors, ("posX", "posY"), (4, 4), "squares")
 
 
-def _driver(out: Path, executor: ScriptedExecutor) -> RPUDriver:
+def _driver(out: Path, executor: ScriptedExecutor, leaf_runs: int = 2,
+            inactive: tuple[str, ...] = ()) -> RPUDriver:
+    """A driver whose metaEpochs label known factors; those named in `inactive` label
+    nothing (no active latent)."""
     config = load_config(preset_name="smoke", overrides=[
-        "rpu.leaf_runs=2", "rpu.max_depth=2", "rpu.reduction.distance_divisor=10"])
+        f"rpu.leaf_runs={leaf_runs}", "rpu.max_depth=2", "rpu.reduction.distance_divisor=10"])
     driver = RPUDriver(out, config, _squares(), executor, progress=False,
                        evaluate_final=False)
 
     def label_with_factors(model_path: Path, dataset: Dataset):
         # The x-run labels posX, a leaf metaEpoch posY: each reduction keeps whole positions.
+        indices = dataset.storage_indices().astype(np.int64)
+        if model_path.parent.name in inactive:
+            return LabelLevel(indices, np.zeros((len(dataset), 0)), np.zeros(0, np.int64)), \
+                np.zeros(10), None
         column = 0 if model_path.parent.name == "x" else 1
         noise = np.random.default_rng(0).normal(0.0, 0.01, len(dataset))
         labels = (dataset.all_factors()[:, column] + noise)[:, None]
-        level = LabelLevel(dataset.storage_indices().astype(np.int64), labels, np.array([0]))
-        return level, np.ones(10), None
+        return LabelLevel(indices, labels, np.array([0])), np.ones(10), None
 
     driver._label = label_with_factors
     return driver
@@ -88,6 +94,15 @@ def test_a_leaf_run_ends_when_its_pbt_run_stops_below_the_threshold(tmp_path: Pa
     assert state["leaf_runs"]["2"]["levels"] == 3
     assert executor.calls == ["x", "leaf1-1", "leaf2-1", "leaf2-2", "final"]
     assert state["final"]["status"] == "done"
+    # leaf 2 kept the second-ranked posX value of the root (96 of the 384 images), then one
+    # posY value in it (24): whole positions, as the known labels make them
+    factors = _squares().factors
+    chain = LeafRunLabels.load(tmp_path / "labels" / "leaf-2.npz").levels
+    assert [len(level.indices) for level in chain] == [384, 96, 24]
+    assert len(np.unique(factors[chain[1].indices][:, 0])) == 1
+    assert len(np.unique(factors[chain[2].indices], axis=0)) == 1
+    first = LeafRunLabels.load(tmp_path / "labels" / "leaf-1.npz").levels
+    assert len(first) == 1 and np.array_equal(first[0].indices, chain[0].indices)
 
 
 def test_a_diverged_metaepoch_ends_its_leaf_run_and_is_not_repeated(tmp_path: Path) -> None:
@@ -130,3 +145,37 @@ def test_other_stop_reasons_go_deeper(tmp_path: Path, reason: str) -> None:
     executor = ScriptedExecutor({"leaf1-1": reason})
     state = _driver(tmp_path, executor).run()
     assert state["leaf_runs"]["1"]["levels"] == 3
+    assert state["leaf_runs"]["1"]["stop_reason"] == "max_depth"
+    assert executor.calls == ["x", "leaf1-1", "leaf1-2", "leaf2-1", "leaf2-2", "final"]
+
+
+def test_leaf_runs_start_from_different_root_intervals_while_there_are_any(
+        tmp_path: Path) -> None:
+    # The root labels (posX) have 4 intervals: a fifth leaf-run has none to start from.
+    executor = ScriptedExecutor({})
+    state = _driver(tmp_path, executor, leaf_runs=5).run()
+    assert state["leaf_runs"]["5"]["stop_reason"] == "choice_unavailable"
+    assert state["leaf_runs"]["5"]["levels"] == 1
+    assert not any(call.startswith("leaf5") for call in executor.calls)
+    factors = _squares().factors
+    first_subsets = [LeafRunLabels.load(tmp_path / "labels" / f"leaf-{leaf}.npz").levels[1]
+                     for leaf in range(1, 5)]
+    posx = [np.unique(factors[level.indices][:, 0]) for level in first_subsets]
+    assert all(len(values) == 1 for values in posx)
+    assert sorted(int(values[0]) for values in posx) == [0, 1, 2, 3]
+    assert state["final"]["status"] == "done"
+
+
+def test_a_model_with_no_active_latent_ends_the_leaf_run_or_the_whole_run(
+        tmp_path: Path) -> None:
+    executor = ScriptedExecutor({})
+    state = _driver(tmp_path / "leaf", executor, inactive=("leaf1-1",)).run()
+    assert state["leaf_runs"]["1"]["stop_reason"] == "no_active_latent"
+    assert state["leaf_runs"]["1"]["levels"] == 1
+    assert state["leaf_runs"]["2"]["stop_reason"] == "max_depth"
+    assert executor.calls == ["x", "leaf1-1", "leaf2-1", "leaf2-2", "final"]
+
+    executor = ScriptedExecutor({})
+    state = _driver(tmp_path / "x", executor, inactive=("x",)).run()
+    assert executor.calls == ["x"] and "no active latent" in state["stop_reason"]
+    assert "final" not in state and not state.get("leaf_runs")

@@ -29,13 +29,24 @@ def test_round_trip_and_frame(tmp_path: Path) -> None:
     frame = loaded.to_frame()
     assert list(frame.columns) == ["leaf", "level", "index", "label_1", "label_4", "label_7"]
     assert len(frame) == 9 and frame.label_7.notna().sum() == 3
-    np.testing.assert_array_equal(frame[frame.level == 1]["index"], [0, 2, 5])
-    assert [len(labels) for _, labels in loaded.to_payload()] == [6, 3]
+    root, deeper = frame[frame.level == 0], frame[frame.level == 1]
+    np.testing.assert_array_equal(root["index"], np.arange(6))
+    np.testing.assert_array_equal(root[["label_1", "label_4"]], tree.levels[0].labels)
+    assert root.label_7.isna().all() and deeper[["label_1", "label_4"]].isna().all().all()
+    np.testing.assert_array_equal(deeper["index"], [0, 2, 5])
+    np.testing.assert_array_equal(deeper.label_7, tree.levels[1].labels[:, 0])
+    for (indices, labels), level in zip(loaded.to_payload(), tree.levels, strict=True):
+        np.testing.assert_array_equal(indices, level.indices)
+        np.testing.assert_array_equal(labels, level.labels)
 
 
 def test_level_shapes_must_agree() -> None:
-    with pytest.raises(ValueError, match="disagree"):
+    with pytest.raises(ValueError, match="disagree"):  # 3 images, 4 rows of labels
         LabelLevel(np.arange(3), np.zeros((4, 1)), np.array([0]))
+    with pytest.raises(ValueError, match="disagree"):  # 2 label columns, 1 latent
+        LabelLevel(np.arange(3), np.zeros((3, 2)), np.array([0]))
+    with pytest.raises(ValueError, match=r"labels \(n, k\)"):  # labels not a matrix
+        LabelLevel(np.arange(3), np.zeros(3), np.array([0]))
 
 
 @pytest.mark.parametrize("case", ["missing", "not_npz", "no_leaf", "truncated"])
