@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference_metrics as ref
 import torch
 
 from rpu_ray.config import EvalConfig
@@ -13,10 +14,11 @@ from rpu_ray.evaluation import (
     evaluation_positions,
     label_ground_truth,
     per_latent_kl,
+    score_leaf_mig,
     score_supervised,
     score_udr,
 )
-from rpu_ray.metrics import authors_pseudo_kl, gaussian_kl, mig, mig_per_factor, udr
+from rpu_ray.metrics import authors_pseudo_kl, dci, gaussian_kl, mig, mig_per_factor, udr
 
 HPARAMS = {"lr": 1e-3, "batch_size": 32, "beta": 4}
 
@@ -94,12 +96,78 @@ def test_supervised_scores_drop_constant_factors_and_respect_the_label_budget(
     expected = [mig(codes, factors[positions][:, :2]) for codes in mu]
     np.testing.assert_allclose(result["model_scores"], expected, rtol=0, atol=1e-12)
     assert result["score"] == pytest.approx(np.mean(expected))
-    dci_result = score_supervised(member, images, factors, EvalConfig(mig_points=200), "dci")
-    assert 0.0 <= dci_result["score"] <= 1.0 and len(dci_result["model_scores"]) == 3
+    # DCI: trained on the first half of the evaluation subset, tested on the second
+    dci_config = EvalConfig(mig_points=200, dci_mode="fast", score_seed=2)
+    dci_result = score_supervised(member, images, factors, dci_config, "dci")
+    positions = evaluation_positions(len(images), 200, 2)
+    mu = member.encode(images[positions])[0].double().numpy()
+    labels = factors[positions][:, :2]
+    expected = [dci(codes[:100], labels[:100], codes[100:], labels[100:], seed=2,
+                    mode="fast")["disentanglement"] for codes in mu]
+    np.testing.assert_allclose(dci_result["model_scores"], expected, rtol=0, atol=1e-12)
+    # MIG with the config's bins
+    binned = score_supervised(member, images, factors, EvalConfig(mig_points=250, labels=120,
+                                                                  mig_bins=7))
+    np.testing.assert_allclose(binned["model_scores"],
+                               [mig(codes, factors[evaluation_positions(300, 120, 0)][:, :2],
+                                    num_bins=7) for codes in
+                                member.encode(images[evaluation_positions(300, 120, 0)])[0]
+                                .double().numpy()], rtol=0, atol=1e-12)
+    assert not np.allclose(binned["model_scores"], result["model_scores"])  # 20 bins differ
     with pytest.raises(ValueError, match="every factor is constant"):
         score_supervised(member, images, np.zeros_like(factors), config)
     with pytest.raises(ValueError, match="unknown supervised metric"):
         score_supervised(member, images, factors, config, metric="sap")
+
+
+def _reference_leaf_mig(member: Member, images: torch.Tensor, chains, points: int,
+                        num_bins: int, seed: int) -> np.ndarray:
+    """The authors' `compute_nmig_leaf` (spec 5.6) with disentanglement_lib's primitives, per
+    VAE: one RandomState draws each level's points in turn; codes and surrogate labels are
+    discretised per level; MIG over the label columns of all levels; median over chains."""
+    rng = np.random.RandomState(seed)
+    per_chain = []
+    for chain in chains:
+        gaps: list[list[float]] = [[] for _ in range(member.num_models)]
+        for indices, labels in chain:
+            take = rng.choice(len(indices), size=min(points, len(indices)), replace=False)
+            mu = member.encode(images[indices[take]])[0].double().numpy()
+            discrete_labels = ref._histogram_discretize(labels[take].T, num_bins)
+            entropy = ref.discrete_entropy(discrete_labels)
+            for m, codes in enumerate(mu):
+                info = ref.discrete_mutual_info(ref._histogram_discretize(codes.T, num_bins),
+                                                discrete_labels)
+                ranked = np.sort(info, axis=0)[::-1]
+                gaps[m].extend((ranked[0, j] - ranked[1, j]) / entropy[j]
+                               for j in range(len(entropy)) if entropy[j] > 0)
+        per_chain.append([np.mean(g) for g in gaps])
+    return np.median(per_chain, axis=0)
+
+
+def test_leaf_mig_is_the_authors_score_on_the_surrogate_label_chains(member_and_images) -> None:
+    member, images, factors = member_and_images
+    rng = np.random.default_rng(5)
+
+    def noisy(columns: np.ndarray) -> np.ndarray:  # continuous surrogate labels
+        return columns.astype(float) + rng.normal(0, 0.1, columns.shape)
+
+    everything = np.arange(300)
+    left, top = np.flatnonzero(factors[:, 0] < 4), np.flatnonzero(factors[:, 1] < 4)
+    chains = [
+        # root labels x and y; a deeper level labels y where x < 4, plus a constant column
+        [(everything, noisy(factors[:, :2])),
+         (left, np.column_stack([noisy(factors[left, 1]), np.ones(len(left))]))],
+        [(everything, noisy(factors[:, :1])), (top, noisy(factors[top, :1]))],
+        [(everything, noisy(factors[:, 1:2]))],
+    ]
+    config = EvalConfig(mig_points=120, mig_bins=10, score_seed=4)
+    result = score_leaf_mig(member, images, chains, config)
+    expected = _reference_leaf_mig(member, images, chains, 120, 10, 4)
+    np.testing.assert_allclose(result["model_scores"], expected, rtol=0, atol=1e-12)
+    assert result["score"] == pytest.approx(float(np.mean(expected)), abs=1e-12)
+    # the bins are the config's: 20 bins give other scores
+    other = score_leaf_mig(member, images, chains, EvalConfig(mig_points=120, score_seed=4))
+    assert not np.allclose(other["model_scores"], expected)
 
 
 def test_non_finite_codes_score_nan(member_and_images) -> None:
