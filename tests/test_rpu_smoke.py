@@ -6,19 +6,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pytest.importorskip("ray")
 
 from conftest import SMOKE_ON_SQUARES, clustered_squares, run_cli
 
-from rpu_ray.reduction import (
-    STOP_BELOW_MIN_SIZE,
-    STOP_NO_ACTIVE_LATENT,
-    STOP_NO_INTERSECTION,
-    STOP_NO_PEAK,
-    STOP_TOO_FEW_POINTS,
-)
+from rpu_ray import data
+from rpu_ray.config import load_config
+from rpu_ray.evaluation import evaluate_model
+from rpu_ray.export import load_vae
 
 
 def test_smoke_run_recurses_on_whole_clusters(squares_npz: Path, tmp_path: Path) -> None:
@@ -35,9 +33,10 @@ def test_smoke_run_recurses_on_whole_clusters(squares_npz: Path, tmp_path: Path)
     chosen = []
     for leaf in (1, 2):
         run = state["leaf_runs"][str(leaf)]
-        assert run["status"] == "done" and run["stop_reason"]
+        # the root and two metaEpochs' labels: the smoke preset's depth limit (2)
+        assert run["status"] == "done" and run["stop_reason"] == "max_depth"
         labels = np.load(out / "labels" / f"leaf-{leaf}.npz", allow_pickle=False)
-        assert run["levels"] >= 3 and f"level{run['levels'] - 1}_indices" in labels.files
+        assert run["levels"] == 3 and "level2_indices" in labels.files
         sizes = []
         for level in range(run["levels"]):
             kept = labels[f"level{level}_indices"]
@@ -47,11 +46,8 @@ def test_smoke_run_recurses_on_whole_clusters(squares_npz: Path, tmp_path: Path)
             for p in np.unique(position):
                 assert inside[position == p].all() or not inside[position == p].any()
         assert sizes[0] == len(position) and sizes[2] < sizes[1] < sizes[0]
-        last = np.unique(position[labels[f"level{run['levels'] - 1}_indices"]])
-        if len(last) == 1:  # one position left: nothing more to find, the leaf-run stops
-            assert run["stop_reason"] in ("max_depth", STOP_NO_PEAK, STOP_NO_ACTIVE_LATENT,
-                                          STOP_NO_INTERSECTION,
-                                          STOP_BELOW_MIN_SIZE, STOP_TOO_FEW_POINTS)
+        # the second reduction, where every gap between positions is a peak, kept one
+        assert len(np.unique(position[labels["level2_indices"]])) == 1
         chosen.append(tuple(np.unique(position[labels["level1_indices"]])))
     assert chosen[0] != chosen[1]  # the two leaf-runs start from different root intervals
     # The leaf-runs ran side by side: each started before the other's first metaEpoch ended.
@@ -60,6 +56,17 @@ def test_smoke_run_recurses_on_whole_clusters(squares_npz: Path, tmp_path: Path)
     done = {e["key"]: e["time"] for e in events if e["event"] == "metaepoch_done"}
     assert started["leaf1-1"] < done["leaf2-1"] and started["leaf2-1"] < done["leaf1-1"]
     assert (out / "final_model.pt").exists()
+    # the final run's best leaf-MIG is the best score any of its members reached
+    final = pd.read_csv(out / "final" / "results.csv")
+    assert state["final"]["leaf_mig"] == pytest.approx(final.score.max(), abs=1e-12)
+    # metrics.json is the paper's protocol on the final model, with the run's settings
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0.0 <= metrics["mig"] <= 1.0
+    config = load_config(out / "config.yaml")
+    squares = data.load(squares_npz, image_size=config.data.image_size)
+    expected = evaluate_model(load_vae(out / "final_model.pt")[0], squares.all_images(),
+                              squares.all_factors(), seed=config.eval.score_seed,
+                              num_bins=config.eval.mig_bins, mig_points=len(squares),
+                              dci_mode=config.eval.dci_mode)
+    assert metrics["mig"] == pytest.approx(expected["mig"], abs=1e-12)
+    assert metrics["dci"] == pytest.approx(expected["dci"], abs=1e-12)
     assert "leaf-run 2" in run_cli("status", str(out), timeout=120).stdout
