@@ -254,6 +254,10 @@ def test_factor_vae_tc_is_zero_for_equal_logits_and_only_the_vae_gets_gradients(
     assert all(p.grad is None for p in fresh.discriminator.parameters())
     # z enters the loss only through TC (recon reads the logits, KL mu and sigma here).
     assert z.grad is not None and z.grad.abs().min() > 0
+    # its discriminator is sized for 2 models of 2 latents
+    with pytest.raises(ValueError, match="built for 2 models of 2 latents, got 3 of 2"):
+        fresh(x, VAEOutput(*(torch.cat([t, t[:1]]) for t in out)), {"gamma": 10.0},
+              DATASET_SIZE)
 
 
 def test_factor_vae_discriminator_probabilities_are_clipped() -> None:

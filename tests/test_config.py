@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from rpu_ray.config import (
     ExperimentConfig,
     TrainConfig,
     dump_config,
+    from_dict,
     load_config,
     parse_override,
     to_dict,
@@ -91,6 +93,21 @@ def test_comma_separated_values_fill_list_settings_only() -> None:
     ("model=3", "model: expected a mapping"),
     ("name=", "name: expected a string"),
     ("name=' '", "name: must not be empty"),
+    ("model.z_dim=1", "model.z_dim: must be >= 2"),
+    ("model.loss=vqvae", "model.loss: must be one of"),
+    ("data.subsample=0", "data.subsample: a count must be positive"),
+    ("eval.udr_kl_threshold=-1", "eval.udr_kl_threshold: must be >= 0"),
+    ("pbt.max_failures=-1", "pbt.max_failures: must be >= 0"),
+    ("pbt.population=1", "pbt.population: PBT needs at least 2"),
+    ("rpu.leaf_runs=-1", "rpu.leaf_runs: must be >= 0"),
+    ("rpu.max_concurrent_leaf_runs=0", "rpu.max_concurrent_leaf_runs: must be >= 1"),
+    ("rpu.max_depth=0", "rpu.max_depth: must be >= 1"),
+    ("rpu.leaf_generation_images=1", "rpu.leaf_generation_images: must be >= 2"),
+    ("rpu.final_population=1", "rpu.final_population: PBT needs at least 2"),
+    ("rpu.final_generations=0", "rpu.final_generations and final_big_init_factor"),
+    ("rpu.final_num_models=0", "rpu.final_num_models: must be >= 1"),
+    ("resources.cpus_per_trial=-1", r"resources.cpus_per_trial/gpus_per_trial: must be >= 0"),
+    ("resources.gpus_per_trial=1.5", "resources.gpus_per_trial: above 1 must be whole GPUs"),
 ])
 def test_bad_values_raise_one_error_naming_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -122,6 +139,8 @@ def test_bad_files(tmp_path: Path) -> None:
 
 
 def test_to_dict_is_plain() -> None:
-    values = to_dict(load_config(preset_name="smoke"))
-    assert values["model"]["num_models"] == 2
-    assert isinstance(values["data"]["subsample"], list)
+    config = load_config(preset_name="smoke")
+    values = to_dict(config)
+    assert json.loads(json.dumps(values)) == values  # JSON's types only (tuples as lists)
+    assert values["model"]["num_models"] == 2 and values["data"]["subsample"] == [3, 2, 8, 4, 4]
+    assert from_dict(values) == config

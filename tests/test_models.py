@@ -16,7 +16,7 @@ from rpu_ray.models import (
     make_loss,
     split_ensemble,
 )
-from rpu_ray.models.losses import bernoulli_log_likelihood
+from rpu_ray.models.losses import bernoulli_log_likelihood, register_loss
 
 DATASET_SIZE = 1000
 
@@ -64,9 +64,22 @@ def test_output_shapes(arch: str, channels: int, size: int) -> None:
 
 
 def test_unsupported_image_sizes() -> None:
-    for shape in [(1, 48, 48), (1, 4, 4), (1, 64, 32)]:
-        with pytest.raises(ValueError):
+    for shape in [(1, 48, 48), (1, 4, 4)]:
+        with pytest.raises(ValueError, match="image size"):
             VAEEnsemble(2, shape)
+    with pytest.raises(ValueError, match="square"):
+        VAEEnsemble(2, (1, 64, 32))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((2, (1, 32, 32), 10, "resnet"), "unknown architecture 'resnet'"),
+    ((0, (1, 32, 32)), "must be positive"),
+    ((2, (1, 32, 32), 0), "must be positive"),
+    ((2, (0, 32, 32)), "must be positive"),
+])
+def test_bad_ensemble_settings_are_rejected(args: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        VAEEnsemble(*args)
 
 
 def test_encoder_channels_are_interleaved_like_the_authors() -> None:
@@ -133,8 +146,12 @@ def test_fuse_models_inverts_split() -> None:
     original = fused.state_dict()
     for name, tensor in refused.state_dict().items():
         assert torch.equal(tensor, original[name]), name
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="identical configurations"):
         fuse_models([VAE((1, 32, 32)), VAE((1, 32, 32), arch="dlib")])
+    with pytest.raises(ValueError, match="identical configurations"):  # an ensemble of two
+        fuse_models([VAEEnsemble(2, (1, 32, 32))])
+    with pytest.raises(ValueError, match="at least one model"):
+        fuse_models([])
 
 
 def _random_output(num_models: int, batch: int, z_dim: int, shape: tuple[int, int, int]):
@@ -242,6 +259,8 @@ def test_beta_vae_and_plain_vae_use_the_analytic_kl() -> None:
 def test_unknown_loss_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss("nope")
+    with pytest.raises(ValueError, match="'betatcvae' is already registered"):
+        register_loss("betatcvae")(type(make_loss("betatcvae")))
 
 
 def test_one_adam_over_fused_parameters_equals_separate_adams() -> None:

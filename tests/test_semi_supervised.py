@@ -114,6 +114,11 @@ def test_regulariser_module_and_labelled_set_validate() -> None:
         SupervisedRegulariser(2, "embed")
     assert [p.shape for p in SupervisedRegulariser(3, "l2").parameters()] == [(3,)]
     assert list(SupervisedRegulariser(3, "xent").parameters()) == []
+    regulariser, sizes = SupervisedRegulariser(2, "xent"), torch.tensor([2.0, 2.0])
+    with pytest.raises(ValueError, match="built for 2 models, got 3"):
+        regulariser(torch.zeros(3, 4, 2), torch.zeros(4, 2, dtype=torch.long), sizes)
+    with pytest.raises(ValueError, match=r"labels must be \(B, F\) for B = 4"):
+        regulariser(torch.zeros(2, 4, 2), torch.zeros(5, 2, dtype=torch.long), sizes)
     images = torch.zeros(4, *SHAPE, dtype=torch.uint8)
     with pytest.raises(ValueError, match="L >= 2"):
         LabelledSet(images[:1], torch.zeros(1, 2, dtype=torch.long), torch.tensor([2.0, 2.0]))
