@@ -53,7 +53,8 @@ def test_bad_data_fails_before_ray_starts(capsys, tmp_path: Path) -> None:
     broken.write_bytes(b"not a zip file")
     line = _error(capsys, ["run", "--preset", "smoke", "--data", str(broken),
                            "--out", str(tmp_path / "out")])
-    assert "images.npz" in line
+    assert "images.npz" in line and "not" in line
+    assert not (tmp_path / "out").exists()  # nothing half-written
 
 
 @pytest.mark.parametrize("command", [["resume"], ["status"], ["pbt", "--resume"]])

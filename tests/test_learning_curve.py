@@ -12,6 +12,8 @@ from conftest import clustered_squares, load_benchmark
 
 from rpu_ray import data
 from rpu_ray.engine import Member
+from rpu_ray.evaluation import evaluation_positions
+from rpu_ray.metrics import gaussian_kl, mig, udr
 
 learning_curve = load_benchmark("learning_curve")
 
@@ -32,7 +34,7 @@ def test_curve_trains_on_to_each_budget_and_scores_every_vae(
     train = Member.train
 
     def spy(member, images, budget, *args, **kwargs):
-        trained.append((id(member), budget))
+        trained.append((member, budget))
         return train(member, images, budget, *args, **kwargs)
 
     monkeypatch.setattr(Member, "train", spy)
@@ -42,14 +44,24 @@ def test_curve_trains_on_to_each_budget_and_scores_every_vae(
         udr_kl_threshold=0.01, device="cpu")
     # One member, trained on from one budget to the next.
     assert [budget for _, budget in trained] == [160, 320]
-    assert trained[0][0] == trained[1][0]
+    assert trained[0][0] is trained[1][0]
     assert list(table.images) == [160, 480]
     assert not table.diverged.any()
-    for row in table.itertuples():
-        migs = [row.mig_0, row.mig_1]
-        assert all(0.0 <= m <= 1.0 for m in migs)
-        assert row.mig_mean == pytest.approx(np.mean(migs))
-        assert 0.0 <= row.udr <= 1.0
+    # The last row scores the trained member: MIG of each VAE on `points` images of the
+    # factors that vary, UDR on `udr_points` with the KL filter given
+    member, images, factors = trained[0][0], torch.from_numpy(dataset.images), dataset.factors
+    varying = [c for c in range(factors.shape[1]) if len(np.unique(factors[:, c])) > 1]
+    positions = evaluation_positions(128, 128, 0)
+    codes = member.encode(images[positions])[0].double().numpy()
+    migs = [mig(c, factors[positions][:, varying]) for c in codes]
+    last = table.iloc[-1]
+    np.testing.assert_allclose([last.mig_0, last.mig_1], migs, rtol=0, atol=1e-12)
+    assert last.mig_mean == pytest.approx(np.mean(migs))
+    mu, logsigma = (t.double().numpy() for t in member.encode(
+        images[evaluation_positions(128, 64, 0)]))
+    kl = np.stack([gaussian_kl(m, s) for m, s in zip(mu, logsigma, strict=True)])
+    assert last.udr == pytest.approx(
+        float(np.mean(udr(mu, kl, kl_threshold=0.01, empty_model_score=0.0))), abs=1e-12)
 
 
 @pytest.mark.parametrize("dataset", ["dsprites", "shapes3d"])

@@ -503,3 +503,10 @@ def test_metrics_speed_smoke_runs():
     assert 0.1 < by_metric["MIG"]["value"] < 0.9
     assert by_metric["DCI exact (n_jobs=2)"]["value"]["informativeness_test"] > 0.8
     np.testing.assert_array_less(0.5, by_metric["UDR (lasso)"]["value"])
+    # the values are the metrics of the smoke fixture (200 train / 100 test points)
+    codes, factors = metrics_speed.make_fixture(300, (2, 3, 4))
+    assert by_metric["MIG"]["value"] == mig(codes[:200], factors[:200])
+    assert by_metric["SAP"]["value"] == sap(codes[:200], factors[:200], codes[200:],
+                                            factors[200:])
+    fast, exact = (by_metric[f"DCI {mode} (n_jobs=2)"]["value"] for mode in ("fast", "exact"))
+    assert fast == pytest.approx(exact, abs=1e-9)  # the fixture's codes have no ties

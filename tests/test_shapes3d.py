@@ -30,7 +30,6 @@ def test_constants() -> None:
                                      "orientation")
     assert shapes3d.FACTOR_SIZES == (10, 10, 10, 8, 4, 15)
     assert shapes3d.NUM_CHANNELS == 3
-    assert isinstance(shapes3d.GENERATOR_VERSION, int)
 
 
 def test_shape_dtype_and_range() -> None:
