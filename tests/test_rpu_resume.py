@@ -1,8 +1,10 @@
 """The rPU-VAE driver killed with SIGKILL in the middle of a metaEpoch, then `rpu-ray resume`.
 
 The run, its Ray instance and every worker are killed at once (the process group), as a lost
-head node would be. Resuming must finish the run without redoing the finished metaEpochs and
-leave the same outputs as a run that was never interrupted.
+head node would be. Resuming must finish the run, with every output a finished run has,
+without redoing the finished metaEpochs, and continue the interrupted one from Tune's
+checkpoints. (That the outputs equal those of an uninterrupted run is not checked here: it
+would take a second run.)
 """
 
 from __future__ import annotations
