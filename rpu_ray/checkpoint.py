@@ -22,6 +22,14 @@ import torch
 MAGIC = b"RPURAYCK"
 FORMAT_VERSION = 1
 
+# A Tune checkpoint of a member is a folder holding the member's state and, beside it, the
+# result of the generation that produced that state: score, model scores, member and
+# training iteration. The best snapshot of a run is chosen by what this file says, not by the
+# metrics Tune pairs with a checkpoint (Ray 2.60 sometimes paired a member's next checkpoint
+# with the result of the generation before).
+MEMBER_STATE_FILE = "member.pt"
+MEMBER_RESULT_FILE = "member_result.json"
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupted or of an incompatible format."""

@@ -38,7 +38,12 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from rpu_ray.checkpoint import load_checkpoint, save_checkpoint
+from rpu_ray.checkpoint import (
+    MEMBER_RESULT_FILE,
+    MEMBER_STATE_FILE,
+    load_checkpoint,
+    save_checkpoint,
+)
 from rpu_ray.config import ExperimentConfig, dump_config, to_dict
 from rpu_ray.data import Dataset
 from rpu_ray.evaluation import (
@@ -194,22 +199,46 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
     return _write_outputs(grid, out_dir, mode, experiment.model.num_models)
 
 
+def best_checkpoint(checkpoints: list[tuple[Path, dict[str, Any]]]
+                    ) -> tuple[Path, dict[str, Any]] | None:
+    """Of (member checkpoint folder, the metrics Tune paired with it), the folder of the
+    highest score and the result its state scored: `MEMBER_RESULT_FILE` in the folder (score,
+    model_scores, member, training_iteration), Tune's metrics only where that file is missing
+    (checkpoints of older versions). None if no checkpoint has a finite score. Ties go to the
+    earliest generation, then the lowest member, whatever order Tune lists its trials in."""
+    candidates = []
+    for folder, metrics in checkpoints:
+        result_file = folder / MEMBER_RESULT_FILE
+        result = json.loads(result_file.read_text()) if result_file.exists() else metrics
+        score = result.get("score")  # None: diverged, or a folder with neither
+        if score is not None and math.isfinite(score):
+            candidates.append((-score, result["training_iteration"], result["member"],
+                               str(folder), result))
+    if not candidates:
+        return None
+    *_, folder, result = min(candidates)
+    return Path(folder), result
+
+
 def _write_outputs(grid: Any, out_dir: Path, mode: str, num_models: int) -> PBTRunResult:
     """results.csv, the best member and VAE, the plot; the summary of the run."""
     results = pd.DataFrame(read_jsonl(out_dir / RESULTS_LOG))
     results.to_csv(out_dir / "results.csv", index=False)
     model_images = int(results.images_seen.sum()) * num_models if len(results) else 0
-    best_score, best = -math.inf, None
-    for result in grid:
-        for checkpoint, metrics in result.best_checkpoints or []:
-            score = metrics.get("score", -math.inf)
-            if score is not None and score > best_score:
-                best_score, best = score, (checkpoint, metrics)
+    # Every checkpoint still on disk: Tune's `best_checkpoints` has been seen to leave out the
+    # best one of a member (its checkpoints' pairing with results is not to be relied on).
+    paired = {Path(checkpoint.path): metrics for result in grid
+              for checkpoint, metrics in result.best_checkpoints or []}
+    on_disk = {folder for result in grid if result.path is not None
+               for folder in Path(result.path).glob("checkpoint_*")}
+    best = best_checkpoint([(folder, paired.get(folder, {})) for folder in
+                            sorted(set(paired) | on_disk)])
     if best is None:
         raise NoFiniteScoreError(f"{out_dir}: no member produced a finite score and a checkpoint",
                                  model_images)
-    checkpoint, metrics = best
-    payload = load_checkpoint(Path(checkpoint.path) / "member.pt")
+    folder, metrics = best
+    best_score = metrics["score"]
+    payload = load_checkpoint(folder / MEMBER_STATE_FILE)
     save_checkpoint(out_dir / "best_member.pt", payload)
     model_index = best_model(metrics["model_scores"])
     export_vae(payload["member"], model_index, out_dir / "best_vae.pt", metadata={

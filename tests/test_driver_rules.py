@@ -16,9 +16,10 @@ import pytest
 import torch
 from conftest import clustered_squares
 
+from rpu_ray.checkpoint import MEMBER_RESULT_FILE
 from rpu_ray.config import dump_config, load_config
 from rpu_ray.data import Dataset
-from rpu_ray.driver import PBTRunResult, RPUDriver, model_images
+from rpu_ray.driver import PBTRunResult, RPUDriver, best_checkpoint, model_images
 from rpu_ray.experiment import status_text
 from rpu_ray.export import export_vae
 from rpu_ray.labels import LabelLevel, LeafRunLabels
@@ -179,3 +180,34 @@ def test_a_model_with_no_active_latent_ends_the_leaf_run_or_the_whole_run(
     state = _driver(tmp_path / "x", executor, inactive=("x",)).run()
     assert executor.calls == ["x"] and "no active latent" in state["stop_reason"]
     assert "final" not in state and not state.get("leaf_runs")
+
+
+def test_the_best_checkpoint_is_chosen_by_the_result_saved_beside_its_state(
+        tmp_path: Path) -> None:
+    def checkpoint(name: str, score: float | None, iteration: int, member: int) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / MEMBER_RESULT_FILE).write_text(json.dumps({
+            "score": score, "model_scores": [score], "member": member,
+            "training_iteration": iteration}))
+        return folder
+
+    first = checkpoint("m2-gen0", 0.20, 1, 2)
+    second = checkpoint("m2-gen1", 0.14, 2, 2)
+    clone = checkpoint("m1-gen1", 0.20, 1, 2)  # a clone's copy of the same state
+    diverged = checkpoint("m3-gen0", None, 1, 3)
+    # Tune paired the generation-0 result with the generation-1 state, and the other way round
+    metrics = {first: {"score": 0.14, "training_iteration": 2, "member": 2},
+               second: {"score": 0.20, "training_iteration": 1, "member": 2},
+               clone: {"score": 0.20, "training_iteration": 1, "member": 2},
+               diverged: {"score": 0.5, "training_iteration": 1, "member": 3}}
+    for order in ([first, second, clone, diverged], [diverged, clone, second, first]):
+        folder, result = best_checkpoint([(f, metrics[f]) for f in order])
+        assert result["score"] == 0.20 and result["training_iteration"] == 1
+        assert folder == clone  # equal results: the same choice whatever the order
+    # Without the file (older checkpoints) Tune's metrics are all there is.
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    assert best_checkpoint([(legacy, {"score": 0.3, "training_iteration": 4, "member": 0})]
+                           )[0] == legacy
+    assert best_checkpoint([(diverged, metrics[diverged])]) is None

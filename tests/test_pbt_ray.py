@@ -21,7 +21,11 @@ import torch
 ray = pytest.importorskip("ray")
 
 from rpu_ray import data  # noqa: E402
-from rpu_ray.checkpoint import load_checkpoint  # noqa: E402
+from rpu_ray.checkpoint import (  # noqa: E402
+    MEMBER_RESULT_FILE,
+    MEMBER_STATE_FILE,
+    load_checkpoint,
+)
 from rpu_ray.config import load_config  # noqa: E402
 from rpu_ray.driver import run_pbt, run_pbt_locally  # noqa: E402
 from rpu_ray.experiment import resume_pbt  # noqa: E402
@@ -124,12 +128,27 @@ def test_pbt_exploits_and_replaces_diverged_members(ray_session, tmp_path: Path)
 
     # Checkpoints record the lineage too; the exported VAE loads and carries its score.
     trial_dirs = sorted((tmp_path / "tune" / "pbt").glob("MemberTrainable_*"))
-    lineages = {tuple(load_checkpoint(ck / "member.pt")["lineage"])
+    lineages = {tuple(load_checkpoint(ck / MEMBER_STATE_FILE)["lineage"])
                 for d in trial_dirs for ck in d.glob("checkpoint_*")}
     assert any(len(lineage) == 2 for lineage in lineages)
+    # Beside each state, the result it scored: a finite score belongs to a state that trained
+    # all its generations' images (diverged ones stop early and score None).
+    images = config.train.generation_images
+    for checkpoint in (ck for d in trial_dirs for ck in d.glob("checkpoint_*")):
+        scored = json.loads((checkpoint / MEMBER_RESULT_FILE).read_text())
+        state = load_checkpoint(checkpoint / MEMBER_STATE_FILE)["member"]
+        if scored["score"] is not None:
+            assert state["total_images"] == scored["training_iteration"] * images
     model, metadata = load_vae(tmp_path / "best_vae.pt")
     assert model.num_models == 1 and np.isfinite(metadata["score"])
     assert metadata["score"] == pytest.approx(result.best_score)
+    # The exported snapshot is the best result's member at that generation.
+    best_row = results.loc[results.score.idxmax()]
+    best_state = load_checkpoint(tmp_path / "best_member.pt")["member"]
+    assert best_state["total_images"] == best_row.training_iteration * images
+    assert metadata["score"] == best_row.score
+    assert (metadata["member"], metadata["generation"]) == (
+        best_row.member, best_row.training_iteration - 1)
     assert (tmp_path / "pbt.png").stat().st_size > 0
     assert load_config(tmp_path / "config.yaml") == config
 

@@ -18,6 +18,8 @@ surrogate-label chains of the leaf-runs, positions into the full `images`).
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import time
@@ -31,13 +33,15 @@ import ray
 import torch
 from ray import tune
 
-from rpu_ray.checkpoint import load_checkpoint, save_checkpoint
+from rpu_ray.checkpoint import (
+    MEMBER_RESULT_FILE,
+    MEMBER_STATE_FILE,
+    load_checkpoint,
+    save_checkpoint,
+)
 from rpu_ray.config import ExperimentConfig, ResourcesConfig, from_dict
 from rpu_ray.evaluation import LabelChain
 from rpu_ray.population import build_member, member_hyperparameters, score_member
-
-CHECKPOINT_FILE = "member.pt"
-
 
 FAULT_ENV = "RPU_RAY_INJECT_FAULT"
 
@@ -84,6 +88,11 @@ def resident_memory_mb() -> float | None:
     kilobytes = next((int(line.split()[1]) for line in status.splitlines()
                       if line.startswith("VmRSS:")), None)
     return None if kilobytes is None else kilobytes / 1024
+
+
+def _finite_or_none(value: float) -> float | None:
+    """A score for JSON: None where it is NaN or infinite (a diverged member's -inf)."""
+    return float(value) if math.isfinite(value) else None
 
 
 def gpu_memory_share(resources: ResourcesConfig) -> float:
@@ -151,6 +160,7 @@ class MemberTrainable(tune.Trainable):
         self.member = build_member(self.experiment, config, self.member_index, self.run_name,
                                    tuple(self.images.shape[1:]), self.device)
         self.lineage: list[int] = [self.member_index]
+        self.state_result: dict[str, Any] | None = None  # no generation trained yet
 
     # ------------------------------------------------------------------ Tune API
 
@@ -161,6 +171,12 @@ class MemberTrainable(tune.Trainable):
         stats = self.member.train(self.images, self.experiment.train.generation_images)
         evaluation = score_member(self.member, stats, self.images, self.mode,
                                   self.experiment.eval, self.factors, self.label_chains)
+        # What the member's state now scores, saved beside it in every checkpoint of it.
+        self.state_result = {"score": _finite_or_none(evaluation["score"]),
+                             "model_scores": [_finite_or_none(s)
+                                              for s in evaluation["model_scores"]],
+                             "member": self.member_index,
+                             "training_iteration": self.iteration + 1}
         return {
             **evaluation,
             "loss": float(np.mean(stats["loss"])),
@@ -182,11 +198,13 @@ class MemberTrainable(tune.Trainable):
         }
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, {
+        save_checkpoint(Path(checkpoint_dir) / MEMBER_STATE_FILE, {
             "member": self.member.state_dict(),
             "member_index": self.member_index,
             "lineage": list(self.lineage),
         })
+        if self.state_result is not None:
+            (Path(checkpoint_dir) / MEMBER_RESULT_FILE).write_text(json.dumps(self.state_result))
 
     def load_checkpoint(self, checkpoint: str | dict | None) -> None:
         if not isinstance(checkpoint, (str, os.PathLike)):
@@ -195,8 +213,12 @@ class MemberTrainable(tune.Trainable):
         # member's device, and Adam's `step` counters to where torch keeps them: the device
         # for the fused Adam of the VAEs on CUDA, the CPU for FactorVAE's discriminator (a
         # counter loaded onto the GPU there would cost a sync in every optimiser step).
-        state = load_checkpoint(Path(checkpoint) / CHECKPOINT_FILE)
+        state = load_checkpoint(Path(checkpoint) / MEMBER_STATE_FILE)
         self.member.load_state_dict(state["member"])
+        result_file = Path(checkpoint) / MEMBER_RESULT_FILE
+        # A clone saved before it trains holds the donor's state, and its result.
+        self.state_result = (json.loads(result_file.read_text()) if result_file.exists()
+                             else None)
         # The loaded state carries the donor's hyperparameters (and Adam's lr); this trial's
         # config holds the explored ones, which win (ray-notes pitfall 4).
         self.member.set_hyperparameters(**member_hyperparameters(self.experiment, self.config))
