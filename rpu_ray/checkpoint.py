@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,10 @@ FORMAT_VERSION = 1
 # with the result of the generation before).
 MEMBER_STATE_FILE = "member.pt"
 MEMBER_RESULT_FILE = "member_result.json"
+# Folder of a Tune experiment holding a copy of its best member checkpoint (the scheduler
+# keeps it at every generation barrier): Tune deletes checkpoints by its own pairing of states
+# and scores, which can rank the best state low.
+BEST_CHECKPOINT_DIR = "best_checkpoint"
 
 
 class CheckpointError(RuntimeError):
@@ -56,6 +62,18 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         raise
 
 
+def verified_payload_bytes(raw: bytes, name: str | Path) -> bytes:
+    """The payload bytes of the checkpoint file content `raw` (read from `name`), after checking
+    its magic and digest; `CheckpointError` if it is not a whole rpu-ray checkpoint."""
+    header = len(MAGIC) + 32
+    if len(raw) < header or raw[: len(MAGIC)] != MAGIC:
+        raise CheckpointError(f"{name}: not an rpu-ray checkpoint (or truncated header)")
+    digest, data = raw[len(MAGIC):header], raw[header:]
+    if hashlib.sha256(data).digest() != digest:
+        raise CheckpointError(f"{name}: checkpoint is corrupted or truncated (checksum mismatch)")
+    return data
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The payload of a checkpoint written by `save_checkpoint`, after verifying it."""
     path = Path(path)
@@ -63,12 +81,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raw = path.read_bytes()
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read checkpoint ({err.strerror})") from None
-    header = len(MAGIC) + 32
-    if len(raw) < header or raw[: len(MAGIC)] != MAGIC:
-        raise CheckpointError(f"{path}: not an rpu-ray checkpoint (or truncated header)")
-    digest, data = raw[len(MAGIC):header], raw[header:]
-    if hashlib.sha256(data).digest() != digest:
-        raise CheckpointError(f"{path}: checkpoint is corrupted or truncated (checksum mismatch)")
+    data = verified_payload_bytes(raw, path)
     try:
         content = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for malformed archives
@@ -78,3 +91,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: checkpoint format {found}, this version reads "
                               f"{FORMAT_VERSION}")
     return content["payload"]
+
+
+def result_rank(result: dict[str, Any]) -> tuple[float, int, int] | None:
+    """Sort key of a member result saved beside its state (`MEMBER_RESULT_FILE`): the highest
+    score first, ties to the earliest generation, then the lowest member; None for a result
+    without a finite score (diverged)."""
+    score = result.get("score")
+    if score is None or not math.isfinite(score):
+        return None
+    return -score, int(result["training_iteration"]), int(result["member"])
+
+
+def best_member_result(results: Iterable[tuple[str, dict[str, Any]]]
+                       ) -> tuple[str, dict[str, Any]] | None:
+    """Of (checkpoint folder, the result its state scored), the best by `result_rank`, equal
+    results going to the first folder name; None if no result has a finite score."""
+    ranked = [(rank, folder, result) for folder, result in results
+              if (rank := result_rank(result)) is not None]
+    if not ranked:
+        return None
+    _, folder, result = min(ranked, key=lambda item: item[:2])
+    return folder, result

@@ -39,8 +39,10 @@ import numpy as np
 import pandas as pd
 
 from rpu_ray.checkpoint import (
+    BEST_CHECKPOINT_DIR,
     MEMBER_RESULT_FILE,
     MEMBER_STATE_FILE,
+    best_member_result,
     load_checkpoint,
     save_checkpoint,
 )
@@ -206,18 +208,11 @@ def best_checkpoint(checkpoints: list[tuple[Path, dict[str, Any]]]
     model_scores, member, training_iteration), Tune's metrics only where that file is missing
     (checkpoints of older versions). None if no checkpoint has a finite score. Ties go to the
     earliest generation, then the lowest member, whatever order Tune lists its trials in."""
-    candidates = []
-    for folder, metrics in checkpoints:
-        result_file = folder / MEMBER_RESULT_FILE
-        result = json.loads(result_file.read_text()) if result_file.exists() else metrics
-        score = result.get("score")  # None: diverged, or a folder with neither
-        if score is not None and math.isfinite(score):
-            candidates.append((-score, result["training_iteration"], result["member"],
-                               str(folder), result))
-    if not candidates:
-        return None
-    *_, folder, result = min(candidates)
-    return Path(folder), result
+    results = [(str(folder), json.loads((folder / MEMBER_RESULT_FILE).read_text())
+                if (folder / MEMBER_RESULT_FILE).exists() else metrics)
+               for folder, metrics in checkpoints]
+    best = best_member_result(results)
+    return None if best is None else (Path(best[0]), best[1])
 
 
 def _write_outputs(grid: Any, out_dir: Path, mode: str, num_models: int) -> PBTRunResult:
@@ -226,11 +221,14 @@ def _write_outputs(grid: Any, out_dir: Path, mode: str, num_models: int) -> PBTR
     results.to_csv(out_dir / "results.csv", index=False)
     model_images = int(results.images_seen.sum()) * num_models if len(results) else 0
     # Every checkpoint still on disk: Tune's `best_checkpoints` has been seen to leave out the
-    # best one of a member (its checkpoints' pairing with results is not to be relied on).
+    # best one of a member (its checkpoints' pairing with results is not to be relied on), and
+    # the scheduler's copy of the best one of the generations before (Tune may have deleted it).
     paired = {Path(checkpoint.path): metrics for result in grid
               for checkpoint, metrics in result.best_checkpoints or []}
     on_disk = {folder for result in grid if result.path is not None
                for folder in Path(result.path).glob("checkpoint_*")}
+    on_disk |= {folder for folder in (Path(grid.experiment_path) / BEST_CHECKPOINT_DIR).glob("*")
+                if (folder / MEMBER_RESULT_FILE).exists()}
     best = best_checkpoint([(folder, paired.get(folder, {})) for folder in
                             sorted(set(paired) | on_disk)])
     if best is None:

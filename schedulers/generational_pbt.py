@@ -11,7 +11,8 @@ clones.
 
 Hooks (Ray 2.60; see reference/ray-notes.md):
   * `_quantiles` runs exactly once per generation, at the barrier. It records the generation's
-    scores, applies the stop rules and computes the whole generation's decisions.
+    scores, applies the stop rules and computes the whole generation's decisions; it also
+    copies the best checkpoint on storage so far where Tune's retention does not reach it.
   * `_checkpoint_or_exploit` saves the top members (Ray's logic) and exploits with the donor the
     policy chose instead of Ray's `random.choice`.
   * `_get_new_config` returns the donor's config with the policy's new hyperparameters, the
@@ -38,7 +39,7 @@ import math
 import posixpath
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,15 @@ from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.schedulers.pbt import _FutureTrainingResult, _TrainingResult
 from ray.tune.search import BasicVariantGenerator
 
+from rpu_ray.checkpoint import (
+    BEST_CHECKPOINT_DIR,
+    MEMBER_RESULT_FILE,
+    MEMBER_STATE_FILE,
+    CheckpointError,
+    best_member_result,
+    result_rank,
+    verified_payload_bytes,
+)
 from rpu_ray.pbt import (
     HYPERPARAMETERS,
     Decision,
@@ -256,6 +266,7 @@ class GenerationalPBT(PopulationBasedTraining):
 
     def _quantiles(self) -> tuple[list[Trial], list[Trial]]:
         """The generation barrier: scores, stop rules, decisions; returns (replaced, top)."""
+        self._keep_best_checkpoint()
         live = {t: s for t, s in self._trial_state.items()
                 if s.last_score is not None and not t.is_finished()
                 and t not in self._dropped | self._failed}
@@ -334,6 +345,21 @@ class GenerationalPBT(PopulationBasedTraining):
             checkpoint=self._hand_over(checkpoint, trial),
             metrics=manager._latest_checkpoint_result.metrics)
 
+    def _keep_best_checkpoint(self) -> None:
+        """Copy the best member checkpoint on storage so far to `BEST_CHECKPOINT_DIR` of the
+        experiment, out of reach of Tune's retention (`keep_best_checkpoint`). A storage error
+        only costs the copy, not the run: the export still looks at every checkpoint left."""
+        trials = list(self._trial_state)
+        if not trials:
+            return
+        storage = trials[0].storage
+        try:
+            keep_best_checkpoint(storage.storage_filesystem,
+                                 [trial.storage.trial_fs_path for trial in trials],
+                                 posixpath.join(storage.experiment_fs_path, BEST_CHECKPOINT_DIR))
+        except OSError as err:
+            log.warning("could not copy the best checkpoint so far: %s", err)
+
     def _hand_over(self, checkpoint: Checkpoint, clone: Trial) -> Checkpoint:
         """A copy of `checkpoint` that only `clone` uses, in `handover/` of the experiment
         (on the same storage). Copies made two barriers ago or earlier are deleted: a clone of
@@ -397,6 +423,69 @@ class PopulationSearch(BasicVariantGenerator):
         if state:
             state.pop("_scheduler")
         return state
+
+
+def keep_best_checkpoint(filesystem: pyarrow.fs.FileSystem, trial_paths: Iterable[str],
+                         kept_path: str) -> str | None:
+    """Copy the best member checkpoint in the `checkpoint_*` folders of `trial_paths` to a
+    folder of its own in `kept_path`, unless the copy kept there already ranks as high; returns
+    the folder of the copy kept (None: no checkpoint with a finite score yet).
+
+    Ranked by the result saved beside each state (`MEMBER_RESULT_FILE`, `result_rank`), as the
+    export ranks them. A checkpoint still being written (no result yet, a result that is not
+    whole JSON, or a state that fails its checksum) is passed over for the next best. The copy
+    is written state first, result last, each under a temporary name moved into place: a folder
+    in `kept_path` with a result holds a whole state. The copy it replaces is deleted after.
+    """
+    kept = _saved_results(filesystem, _subfolders(filesystem, kept_path))
+    current = best_member_result(kept)
+    checkpoints = [folder for path in trial_paths for folder in _subfolders(filesystem, path)
+                   if posixpath.basename(folder).startswith("checkpoint_")]
+    ranked = sorted((rank, folder, result)
+                    for folder, result in _saved_results(filesystem, checkpoints)
+                    if (rank := result_rank(result)) is not None)
+    for rank, folder, result in ranked:
+        if current is not None and result_rank(current[1]) <= rank:
+            break
+        state_path = posixpath.join(folder, MEMBER_STATE_FILE)
+        try:
+            with filesystem.open_input_stream(state_path) as stream:
+                state = stream.read()
+            verified_payload_bytes(state, state_path)
+        except (OSError, CheckpointError):
+            continue
+        target = posixpath.join(kept_path, f"{result['member']}-{result['training_iteration']}")
+        filesystem.create_dir(target)
+        for name, content in ((MEMBER_STATE_FILE, state),
+                              (MEMBER_RESULT_FILE, json.dumps(result).encode())):
+            temporary = posixpath.join(target, f".{name}.tmp")
+            with filesystem.open_output_stream(temporary) as stream:
+                stream.write(content)
+            filesystem.move(temporary, posixpath.join(target, name))
+        for folder_kept, _ in kept:
+            if folder_kept != target:
+                filesystem.delete_dir(folder_kept)
+        return target
+    return None if current is None else current[0]
+
+
+def _subfolders(filesystem: pyarrow.fs.FileSystem, path: str) -> list[str]:
+    selector = pyarrow.fs.FileSelector(path, allow_not_found=True)
+    return sorted(info.path for info in filesystem.get_file_info(selector)
+                  if info.type == pyarrow.fs.FileType.Directory)
+
+
+def _saved_results(filesystem: pyarrow.fs.FileSystem, folders: Iterable[str]
+                   ) -> list[tuple[str, dict[str, Any]]]:
+    """(folder, its `MEMBER_RESULT_FILE`) of the folders that have one that reads as JSON."""
+    results = []
+    for folder in folders:
+        try:
+            with filesystem.open_input_stream(posixpath.join(folder, MEMBER_RESULT_FILE)) as f:
+                results.append((folder, json.loads(f.read())))
+        except (OSError, ValueError):  # not written yet, deleted meanwhile, or half-written
+            continue
+    return results
 
 
 def _median(values: list[float]) -> float:

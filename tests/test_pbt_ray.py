@@ -22,6 +22,7 @@ ray = pytest.importorskip("ray")
 
 from rpu_ray import data  # noqa: E402
 from rpu_ray.checkpoint import (  # noqa: E402
+    BEST_CHECKPOINT_DIR,
     MEMBER_RESULT_FILE,
     MEMBER_STATE_FILE,
     load_checkpoint,
@@ -149,6 +150,19 @@ def test_pbt_exploits_and_replaces_diverged_members(ray_session, tmp_path: Path)
     assert metadata["score"] == best_row.score
     assert (metadata["member"], metadata["generation"]) == (
         best_row.member, best_row.training_iteration - 1)
+    # At every barrier the scheduler copies the best checkpoint so far out of reach of Tune's
+    # retention: by the last barrier, the best state of the generations before the last one
+    # (the last one's are on disk at the export).
+    kept = list((tmp_path / "tune" / "pbt" / BEST_CHECKPOINT_DIR).iterdir())
+    assert len(kept) == 1
+    kept_result = json.loads((kept[0] / MEMBER_RESULT_FILE).read_text())
+    earlier = results[(results.training_iteration < 3) & np.isfinite(results.score)]
+    assert kept_result["score"] == earlier.score.max()
+    kept_row = earlier.loc[earlier.score.idxmax()]
+    assert (kept_result["member"], kept_result["training_iteration"]) == (
+        kept_row.member, kept_row.training_iteration)
+    kept_state = load_checkpoint(kept[0] / MEMBER_STATE_FILE)["member"]
+    assert kept_state["total_images"] == kept_row.training_iteration * images
     assert (tmp_path / "pbt.png").stat().st_size > 0
     assert load_config(tmp_path / "config.yaml") == config
 
