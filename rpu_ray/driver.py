@@ -128,7 +128,19 @@ def _trainable(experiment: ExperimentConfig, dataset: Dataset, mode: str, run: s
         MemberTrainable, settings=settings,
         images=images_ref if images_ref is not None else dataset.images,
         subset=dataset.indices, factors=dataset.factors, label_chains=label_chains)
-    return tune.with_resources(trainable, resources)
+    trainable = tune.with_resources(trainable, resources)
+    # Tune registers a trainable under its class name in the Ray job's key-value store and
+    # looks it up there each time it starts a trial's actor. The PBT runs of one rPU-VAE run
+    # that train at once (leaf-runs, each in its own task of the same job) must not share a
+    # name: the members of one would start as the other's, on the other's images.
+    trainable.__name__ = trainable_name(run)
+    return trainable
+
+
+def trainable_name(run: str) -> str:
+    """The name a PBT run's trainable is registered under in Ray Tune (and which begins the
+    folder name of each of its trials): one per run."""
+    return f"MemberTrainable_{run}"
 
 
 def _param_space(population: list[dict[str, float]]) -> dict[str, Any]:
@@ -217,9 +229,16 @@ def best_checkpoint(checkpoints: list[tuple[Path, dict[str, Any]]]
 
 def _write_outputs(grid: Any, out_dir: Path, mode: str, num_models: int) -> PBTRunResult:
     """results.csv, the best member and VAE, the plot; the summary of the run."""
-    results = pd.DataFrame(read_jsonl(out_dir / RESULTS_LOG))
+    logged = pd.DataFrame(read_jsonl(out_dir / RESULTS_LOG))
+    # Compute spent: a generation in flight when the run was killed is trained again on resume.
+    model_images = int(logged.images_seen.sum()) * num_models if len(logged) else 0
+    # Its results are logged again too (the same ones: members restore their RNG state with
+    # their weights); results.csv has one row per member and generation, the last logged, in
+    # the order of generation and member (not the order in which results arrived).
+    results = (logged.drop_duplicates(["member", "training_iteration"], keep="last")
+               .sort_values(["training_iteration", "member"], ignore_index=True)
+               if len(logged) else logged)
     results.to_csv(out_dir / "results.csv", index=False)
-    model_images = int(results.images_seen.sum()) * num_models if len(results) else 0
     # Every checkpoint still on disk: Tune's `best_checkpoints` has been seen to leave out the
     # best one of a member (its checkpoints' pairing with results is not to be relied on), and
     # the scheduler's copy of the best one of the generations before (Tune may have deleted it).

@@ -131,6 +131,10 @@ class GenerationalPBT(PopulationBasedTraining):
         self._history_loaded = False
         # (generation, path) of the checkpoint copies handed to clones (`_hand_over`).
         self._handovers: list[tuple[int, str]] = []
+        # After Tuner.restore: the members that restore from a copy handed over at a barrier,
+        # and whether the last barrier is to be redone (`_resume_point`).
+        self._restored_clones: set[Trial] = set()
+        self._barrier_to_redo = False
 
     # ---------------------------------------------------------------- events
 
@@ -161,25 +165,60 @@ class GenerationalPBT(PopulationBasedTraining):
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
         self._controller = tune_controller
-        iteration = (trial.last_result or {}).get("training_iteration")
-        if iteration:  # restored by Tuner.restore: continue the generation it was in
-            if not self._history_loaded:
-                self._load_history()
-            state = self._trial_state[trial]
-            state.last_train_time = state.last_perturbation_time = iteration
-            state.last_result = trial.last_result
-            state.last_score = self._metric_op * trial.last_result.get("score", -math.inf)
-            # Tune re-adds finished trials too. A member that ended before the run (dropped by
-            # a big initial population, or failed for good) stays out: its old iteration must
-            # not pull the next barrier back to a generation the others have passed.
-            if trial.status == Trial.TERMINATED:
-                self._dropped.add(trial)
-            elif trial.status == Trial.ERROR:
-                self._failed.add(trial)
-        times = [s.last_train_time for t, s in self._trial_state.items()
-                 if t not in self._dropped | self._failed]
-        if times:
-            self._next_perturbation_sync = min(times) + self._perturbation_interval
+        restored = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+        if restored is None and not (trial.last_result or {}).get("training_iteration"):
+            self._resume_point()
+            return  # a new member, or one restored without a checkpoint: it starts afresh
+        # Re-added by Tuner.restore. It continues from its latest checkpoint: that generation
+        # and that score, whatever result Tune recorded after it (Tune numbers the trial's
+        # iterations from the metrics of the checkpoint it restores).
+        if not self._history_loaded:
+            self._load_history()
+        state = self._trial_state[trial]
+        metrics = restored.metrics if restored is not None else {}
+        state.last_train_time = state.last_perturbation_time = metrics.get(
+            "training_iteration", 0)
+        state.last_result = metrics
+        state.last_score = self._metric_op * metrics.get("score", -math.inf)
+        if restored is not None and _is_handover(restored.checkpoint):
+            self._restored_clones.add(trial)
+        if restored is not None and trial.status == Trial.PENDING:
+            # Tune starts every PENDING trial it has room for, whatever the scheduler chooses;
+            # a member that may have to wait for others at a barrier must be PAUSED, as it is
+            # in a run never interrupted, so that it starts when `choose_trial_to_run` says.
+            # (Tune files the trial under its status only after this hook.)
+            trial.set_status(Trial.PAUSED)
+        # Tune re-adds finished trials too. A member that ended before the run (dropped by a
+        # big initial population, or failed for good) stays out: its old iteration must not
+        # pull the next barrier back to a generation the others have passed.
+        if trial.status == Trial.TERMINATED:
+            self._dropped.add(trial)
+        elif trial.status == Trial.ERROR:
+            self._failed.add(trial)
+        self._resume_point()
+
+    def _resume_point(self) -> None:
+        """Where the members (re-)added so far continue: the next barrier, and whether the
+        last one must be redone before anyone trains.
+
+        A restored run continues from Tune's saved state, which can predate the last barrier
+        the run reached. If every member restores at the same iteration i >= 1 and none from
+        a copy handed over at that barrier, Tune saved its state before the barrier's
+        decisions (a barrier changes all members at once, or none): the barrier is redone,
+        before anyone trains (`choose_trial_to_run`), with the scores it had. If members are
+        behind others (their checkpoints predate the barrier, or they have none), they train
+        up to the leaders: with the barrier there if it was not taken yet, without it if the
+        leaders carry its decisions already.
+        """
+        times = {t: s.last_train_time for t, s in self._trial_state.items()
+                 if t not in self._dropped | self._failed}
+        if not times:
+            return
+        first, last = min(times.values()), max(times.values())
+        decided = any(self._trial_state[t].last_train_time == last
+                      for t in self._restored_clones if t in times)
+        self._barrier_to_redo = first == last >= 1 and not decided
+        self._next_perturbation_sync = last if first < last and not decided else last + 1
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         # The controller is needed at the barrier (`_quantiles`, which Ray calls without it).
@@ -208,6 +247,13 @@ class GenerationalPBT(PopulationBasedTraining):
         # A member still saving its checkpoint at the barrier that stopped the run (or dropped
         # it) was RUNNING then and escaped `stop_trial`; paused now, it must not train another
         # generation. Stopping it here (one per call) ends it before it starts.
+        if self._barrier_to_redo:
+            self._barrier_to_redo = False
+            live = [t for t in tune_controller.get_live_trials()
+                    if t not in self._dropped | self._failed]
+            self._next_perturbation_sync = max(self._trial_state[t].last_train_time
+                                               for t in live)
+            self._barrier(tune_controller, live)
         trial = super().choose_trial_to_run(tune_controller)
         if trial is not None and (self.stop_reason or trial in self._dropped):
             tune_controller.stop_trial(trial)
@@ -467,6 +513,12 @@ def keep_best_checkpoint(filesystem: pyarrow.fs.FileSystem, trial_paths: Iterabl
                 filesystem.delete_dir(folder_kept)
         return target
     return None if current is None else current[0]
+
+
+def _is_handover(checkpoint: Checkpoint | None) -> bool:
+    """Whether `checkpoint` is a copy `GenerationalPBT._hand_over` made for a clone."""
+    return checkpoint is not None and posixpath.basename(
+        posixpath.dirname(checkpoint.path)) == "handover"
 
 
 def _subfolders(filesystem: pyarrow.fs.FileSystem, path: str) -> list[str]:

@@ -17,7 +17,9 @@ import torch
 pytest.importorskip("ray")
 
 import pyarrow.fs
+from ray.tune import Checkpoint
 from ray.tune.experiment import Trial
+from ray.tune.schedulers.pbt import _TrainingResult
 
 from rpu_ray.checkpoint import (
     BEST_CHECKPOINT_DIR,
@@ -45,15 +47,27 @@ class _Controller:
         return [t for t in self.trials if not t.is_finished()]
 
 
-def _restored(statuses_and_iterations: list[tuple[str, int]]) -> tuple[GenerationalPBT,
-                                                                      _Controller]:
+# How a member comes back from Tuner.restore: from its own checkpoint of that iteration, from
+# the copy of a donor's checkpoint it was handed at the barrier before, or with a result Tune
+# recorded but no checkpoint (it starts afresh).
+OWN, HANDED, NONE = "own", "handed over", "none"
+
+
+def _restored(members: list[tuple[str, int, str]]) -> tuple[GenerationalPBT, _Controller]:
+    """A scheduler after Tuner.restore re-added members of (status, iteration, checkpoint)."""
     scheduler = GenerationalPBT(PBTPolicy(big_init_population_factor=2), seed=(0,),
                                 hyperparameters=("lr",))
     trials = []
-    for member, (status, iteration) in enumerate(statuses_and_iterations):
+    for member, (status, iteration, checkpoint) in enumerate(members):
         trial = Trial("MemberTrainable", config={"member": member, "lr": 1e-3}, stub=True)
         trial.set_status(status)
-        trial.run_metadata.last_result = {"training_iteration": iteration, "score": 0.5}
+        result = {"training_iteration": iteration, "score": 0.5}
+        trial.run_metadata.last_result = result
+        if checkpoint != NONE:
+            folder = (f"/tune/run/handover/trial{member}-{iteration - 1}" if checkpoint == HANDED
+                      else f"/tune/run/trial{member}/checkpoint_{iteration - 1:06d}")
+            trial.run_metadata.checkpoint_manager._latest_checkpoint_result = _TrainingResult(
+                checkpoint=Checkpoint(folder), metrics=result)
         trials.append(trial)
     controller = _Controller(trials)
     for trial in trials:
@@ -64,28 +78,63 @@ def _restored(statuses_and_iterations: list[tuple[str, int]]) -> tuple[Generatio
 def test_members_dropped_after_the_first_generation_do_not_hold_back_a_resume() -> None:
     # A final run (population 4 x 2 at first) killed after generation 5 and restored: the two
     # members dropped at generation 1 come back TERMINATED at iteration 1.
-    scheduler, controller = _restored([(Trial.TERMINATED, 1), (Trial.TERMINATED, 1),
-                                       (Trial.PENDING, 5), (Trial.PENDING, 5)])
-    assert scheduler._next_perturbation_sync == 6
+    scheduler, controller = _restored([
+        (Trial.TERMINATED, 1, OWN), (Trial.TERMINATED, 1, OWN),
+        (Trial.PENDING, 5, HANDED), (Trial.PENDING, 5, OWN)])
+    assert scheduler._next_perturbation_sync == 6 and not scheduler._barrier_to_redo
     assert scheduler._dropped == set(controller.trials[:2])
     assert scheduler.choose_trial_to_run(controller) in controller.trials[2:]
 
 
 def test_members_failed_for_good_stay_out_after_a_resume() -> None:
-    scheduler, controller = _restored([(Trial.ERROR, 3), (Trial.PENDING, 7),
-                                       (Trial.PENDING, 7)])
+    scheduler, controller = _restored([(Trial.ERROR, 3, OWN), (Trial.PENDING, 7, OWN),
+                                       (Trial.PENDING, 7, HANDED)])
     assert scheduler._failed == {controller.trials[0]}
-    assert scheduler._next_perturbation_sync == 8
+    assert scheduler._next_perturbation_sync == 8 and not scheduler._barrier_to_redo
     assert scheduler.choose_trial_to_run(controller) in controller.trials[1:]
 
 
 def test_a_run_stopped_mid_generation_finishes_that_generation_first() -> None:
-    # Killed while generation 4 (iteration 5) trained: one member had not reported it yet.
-    scheduler, controller = _restored([(Trial.PENDING, 5), (Trial.PENDING, 4),
-                                       (Trial.PENDING, 5)])
+    # Killed while generation 4 (iteration 5) trained: one member had not saved it yet.
+    scheduler, controller = _restored([(Trial.PENDING, 5, OWN), (Trial.PENDING, 4, HANDED),
+                                       (Trial.PENDING, 5, OWN)])
     assert scheduler._next_perturbation_sync == 5  # the barrier it had not reached
-    assert not scheduler._dropped and not scheduler._failed
+    assert not scheduler._dropped and not scheduler._failed and not scheduler._barrier_to_redo
     assert scheduler.choose_trial_to_run(controller) is controller.trials[1]
+    # Its result was recorded, its checkpoint was not: Tune restarts it from scratch, and it
+    # trains up to the others, who wait for it at the barrier of iteration 1.
+    scheduler, controller = _restored([(Trial.PENDING, 1, OWN), (Trial.PENDING, 1, NONE),
+                                       (Trial.PENDING, 1, OWN)])
+    assert scheduler._trial_state[controller.trials[1]].last_train_time == 0
+    assert scheduler._next_perturbation_sync == 1 and not scheduler._barrier_to_redo
+    assert scheduler.choose_trial_to_run(controller) is controller.trials[1]
+    # Tune starts every PENDING trial it has room for: the members that wait for it at the
+    # barrier are PAUSED (as in a run never interrupted); the one without a checkpoint is not.
+    assert [t.status for t in controller.trials] == [Trial.PAUSED, Trial.PENDING, Trial.PAUSED]
+
+
+def test_members_behind_a_barrier_already_decided_catch_up_without_it() -> None:
+    # Barrier 2 handed member 1 a donor's checkpoint; member 0 had not saved generation 2.
+    scheduler, controller = _restored([(Trial.PENDING, 2, OWN), (Trial.PENDING, 3, HANDED),
+                                       (Trial.PENDING, 3, OWN)])
+    assert scheduler._next_perturbation_sync == 4 and not scheduler._barrier_to_redo
+    assert scheduler.choose_trial_to_run(controller) is controller.trials[0]
+
+
+def test_a_barrier_saved_before_its_decisions_is_redone_before_anyone_trains(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every member restores at iteration 3 from its own checkpoint: Tune saved its state
+    # after the results of generation 2 and before the barrier's clones were handed theirs.
+    scheduler, controller = _restored([(Trial.PENDING, 3, OWN)] * 3)
+    assert scheduler._barrier_to_redo
+    barriers = []
+    monkeypatch.setattr(scheduler, "_barrier", lambda _, trials: barriers.append(
+        (list(trials), scheduler._next_perturbation_sync)))
+    scheduler.choose_trial_to_run(controller)
+    # The barrier of iteration 3 with every live member (it sets the next one, 4, itself).
+    assert barriers == [(controller.trials, 3)] and not scheduler._barrier_to_redo
+    scheduler.choose_trial_to_run(controller)
+    assert len(barriers) == 1  # once
 
 
 def _member_checkpoint(folder: Path, score: float | None, iteration: int, member: int) -> Path:

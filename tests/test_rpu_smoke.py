@@ -55,6 +55,11 @@ def test_smoke_run_recurses_on_whole_clusters(squares_npz: Path, tmp_path: Path)
     started = {e["key"]: e["time"] for e in events if e["event"] == "metaepoch_started"}
     done = {e["key"]: e["time"] for e in events if e["event"] == "metaepoch_done"}
     assert started["leaf1-1"] < done["leaf2-1"] and started["leaf2-1"] < done["leaf1-1"]
+    # Side by side in one Ray job, each trained its own members on its own subset: Tune
+    # looks trainables up by name, and the runs' names differ.
+    for key in state["metaepochs"]:
+        results = pd.read_csv(out / "metaepochs" / key / "results.csv")
+        assert (results["run"] == key).all(), key
     assert (out / "final_model.pt").exists()
     # the final run's best leaf-MIG is the best score any of its members reached
     final = pd.read_csv(out / "final" / "results.csv")

@@ -188,6 +188,8 @@ class MemberTrainable(tune.Trainable):
             # it places the step on a timeline (benchmarks/pbt_overhead.py).
             "step_started_at": started_at,
             "member": self.member_index,
+            # The PBT run whose data this member trains on (its metaEpoch in an rPU-VAE run).
+            "run": self.run_name,
             "lineage": "-".join(map(str, self.lineage)),
             # Where it ran (the dashboard and results.csv show how trials are placed).
             "device": str(self.device),
