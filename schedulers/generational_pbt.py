@@ -135,6 +135,9 @@ class GenerationalPBT(PopulationBasedTraining):
         # and whether the last barrier is to be redone (`_resume_point`).
         self._restored_clones: set[Trial] = set()
         self._barrier_to_redo = False
+        # Whether Tune has asked for a trial to run: trials added before are new or restored by
+        # Tuner.restore (`on_trial_add`), trials added after are retries (`_requeued`).
+        self._running = False
 
     # ---------------------------------------------------------------- events
 
@@ -165,6 +168,9 @@ class GenerationalPBT(PopulationBasedTraining):
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
         self._controller = tune_controller
+        if self._running:
+            self._requeued(trial)
+            return
         restored = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
         if restored is None and not (trial.last_result or {}).get("training_iteration"):
             self._resume_point()
@@ -196,6 +202,20 @@ class GenerationalPBT(PopulationBasedTraining):
         elif trial.status == Trial.ERROR:
             self._failed.add(trial)
         self._resume_point()
+
+    def _requeued(self, trial: Trial) -> None:
+        """A trial added while the run is under way: a new member, or one that failed and that
+        Tune retries from its checkpoint (it re-adds it, already filed as PENDING). It rejoins
+        at the generation of its last result; the next barrier is the slowest member's next."""
+        iteration = (trial.last_result or {}).get("training_iteration")
+        if iteration:
+            state = self._trial_state[trial]
+            state.last_train_time = state.last_perturbation_time = iteration
+            state.last_result = trial.last_result
+            state.last_score = self._metric_op * trial.last_result.get("score", -math.inf)
+        times = [s.last_train_time for t, s in self._trial_state.items()
+                 if t not in self._dropped | self._failed]
+        self._next_perturbation_sync = min(times) + self._perturbation_interval
 
     def _resume_point(self) -> None:
         """Where the members (re-)added so far continue: the next barrier, and whether the
@@ -247,6 +267,7 @@ class GenerationalPBT(PopulationBasedTraining):
         # A member still saving its checkpoint at the barrier that stopped the run (or dropped
         # it) was RUNNING then and escaped `stop_trial`; paused now, it must not train another
         # generation. Stopping it here (one per call) ends it before it starts.
+        self._running = True
         if self._barrier_to_redo:
             self._barrier_to_redo = False
             live = [t for t in tune_controller.get_live_trials()
