@@ -75,6 +75,8 @@ from rpu_ray.pbt import (
 log = logging.getLogger(__name__)
 
 GENERATION_EVENT = "generation"
+# Folder of the experiment holding the copies of donors' checkpoints handed to clones.
+HANDOVER_DIR = "handover"
 
 
 class GenerationalPBT(PopulationBasedTraining):
@@ -439,7 +441,7 @@ class GenerationalPBT(PopulationBasedTraining):
             filesystem.delete_dir(path)
         self._handovers = [(g, p) for g, p in self._handovers if g >= generation - 1]
         experiment = posixpath.dirname(posixpath.dirname(checkpoint.path))
-        target = posixpath.join(experiment, "handover", f"{clone.trial_id}-{generation}")
+        target = posixpath.join(experiment, HANDOVER_DIR, f"{clone.trial_id}-{generation}")
         filesystem.create_dir(target)
         pyarrow.fs.copy_files(checkpoint.path, target, source_filesystem=filesystem,
                               destination_filesystem=filesystem)
@@ -539,7 +541,7 @@ def keep_best_checkpoint(filesystem: pyarrow.fs.FileSystem, trial_paths: Iterabl
 def _is_handover(checkpoint: Checkpoint | None) -> bool:
     """Whether `checkpoint` is a copy `GenerationalPBT._hand_over` made for a clone."""
     return checkpoint is not None and posixpath.basename(
-        posixpath.dirname(checkpoint.path)) == "handover"
+        posixpath.dirname(checkpoint.path)) == HANDOVER_DIR
 
 
 def _subfolders(filesystem: pyarrow.fs.FileSystem, path: str) -> list[str]:
