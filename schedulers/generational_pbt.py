@@ -182,12 +182,7 @@ class GenerationalPBT(PopulationBasedTraining):
         # iterations from the metrics of the checkpoint it restores).
         if not self._history_loaded:
             self._load_history()
-        state = self._trial_state[trial]
-        metrics = restored.metrics if restored is not None else {}
-        state.last_train_time = state.last_perturbation_time = metrics.get(
-            "training_iteration", 0)
-        state.last_result = metrics
-        state.last_score = self._metric_op * metrics.get("score", -math.inf)
+        self._seed_state(trial, restored.metrics if restored is not None else {})
         if restored is not None and _is_handover(restored.checkpoint):
             self._restored_clones.add(trial)
         if restored is not None and trial.status == Trial.PENDING:
@@ -205,16 +200,20 @@ class GenerationalPBT(PopulationBasedTraining):
             self._failed.add(trial)
         self._resume_point()
 
+    def _seed_state(self, trial: Trial, result: dict[str, Any]) -> None:
+        """Ray's per-trial state as if `result` had just been reported at its generation."""
+        state = self._trial_state[trial]
+        state.last_train_time = state.last_perturbation_time = result.get(
+            "training_iteration", 0)
+        state.last_result = result
+        state.last_score = self._metric_op * result.get("score", -math.inf)
+
     def _requeued(self, trial: Trial) -> None:
         """A trial added while the run is under way: a new member, or one that failed and that
         Tune retries from its checkpoint (it re-adds it, already filed as PENDING). It rejoins
         at the generation of its last result; the next barrier is the slowest member's next."""
-        iteration = (trial.last_result or {}).get("training_iteration")
-        if iteration:
-            state = self._trial_state[trial]
-            state.last_train_time = state.last_perturbation_time = iteration
-            state.last_result = trial.last_result
-            state.last_score = self._metric_op * trial.last_result.get("score", -math.inf)
+        if (trial.last_result or {}).get("training_iteration"):
+            self._seed_state(trial, trial.last_result)
         times = [s.last_train_time for t, s in self._trial_state.items()
                  if t not in self._dropped | self._failed]
         self._next_perturbation_sync = min(times) + self._perturbation_interval
