@@ -39,6 +39,7 @@ from rpu_ray.config import EvalConfig
 from rpu_ray.engine import Member
 from rpu_ray.evaluation import encode_images, label_ground_truth, score_supervised, score_udr
 from rpu_ray.metrics import gaussian_kl
+from rpu_ray.models import LOSSES
 from rpu_ray.reduction import ReductionConfig, active_latents, reduce
 
 
@@ -102,6 +103,19 @@ def fixed_factors(dataset: data.Dataset, spec: str) -> data.Dataset:
     return dataset.subset(np.flatnonzero(keep)).standalone()
 
 
+def objective_settings(spec: str) -> dict[str, float]:
+    """--set's NAME=VALUE,... as a dict of floats ({} for an empty spec)."""
+    settings = {}
+    for item in filter(None, spec.split(",")):
+        name, _, value = item.partition("=")
+        try:
+            settings[name.strip()] = float(value)
+        except ValueError:
+            raise SystemExit(f"--set {spec!r}: expected NAME=VALUE items with numeric "
+                             f"values, got {item!r}") from None
+    return settings
+
+
 def learning_curve(dataset: data.Dataset, hyperparameters: dict[str, float], budgets: list[int],
                    *, num_models: int, arch: str, loss: str, seed: int, points: int,
                    udr_points: int, udr_kl_threshold: float, device: str) -> pd.DataFrame:
@@ -123,6 +137,10 @@ def learning_curve(dataset: data.Dataset, hyperparameters: dict[str, float], bud
         row = {"images": budget, "mig_mean": float(np.mean(migs)),
                **{f"mig_{i}": m for i, m in enumerate(migs)},
                "udr": score_udr(member, tensor, config)["score"],
+               # The objective's terms over the last stretch (recon, KL, AnnealedVAE's capacity):
+               # does a VAE leave the floor by reconstructing more or by encoding more?
+               **{f"{name}_mean": float(np.mean(stats[name]))
+                  for name in ("recon", "kl", "capacity") if name in stats},
                **active_labels(member, dataset, points, seed),
                "diverged": bool(stats["diverged"]), "wall_s": round(time.time() - started, 1)}
         print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
@@ -153,6 +171,10 @@ def main() -> None:
     parser.add_argument("--arch", default="dlib", choices=("authors", "dlib"))
     parser.add_argument("--loss", default="betatcvae")
     parser.add_argument("--beta", type=float, default=6.0)
+    parser.add_argument("--set", metavar="NAME=VALUE,...", default="",
+                        help="further objective hyperparameters, e.g. for --loss annealedvae "
+                             "c_max=10,gamma=1000,iteration_threshold=10000 (unset ones take "
+                             "the objective's defaults)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--models", type=int, default=2)
@@ -175,10 +197,17 @@ def main() -> None:
     dataset = data.load(args.dataset, image_size=args.image_size, subsample=subsample)
     if args.fix:
         dataset = fixed_factors(dataset, args.fix)
-    print(f"{len(dataset)} images; {args.models} x {args.loss} beta {args.beta:g}, "
-          f"lr {args.lr:g}, batch {args.batch_size}, arch {args.arch}", flush=True)
+    if args.loss not in LOSSES:
+        raise SystemExit(f"--loss {args.loss!r}: known objectives {', '.join(LOSSES)}")
+    objective = LOSSES[args.loss]
+    hyperparameters = {"lr": args.lr, "batch_size": args.batch_size, **objective.defaults,
+                       **({"beta": args.beta} if "beta" in objective.hyperparameters else {}),
+                       **objective_settings(args.set)}
+    print(f"{len(dataset)} images; {args.models} x {args.loss} "
+          + ", ".join(f"{name} {value:g}" for name, value in hyperparameters.items())
+          + f", arch {args.arch}", flush=True)
     table = learning_curve(
-        dataset, {"lr": args.lr, "batch_size": args.batch_size, "beta": args.beta},
+        dataset, hyperparameters,
         checkpoints(args.first, args.images, args.checkpoints), num_models=args.models,
         arch=args.arch, loss=args.loss, seed=args.seed, points=args.points,
         udr_points=args.udr_points, udr_kl_threshold=args.udr_kl_threshold, device=args.device)

@@ -192,9 +192,12 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
         tuner = tune.Tuner.restore(str(storage / run), trainable=trainable)
     else:
         dump_config(experiment, out_dir / "config.yaml")
+        # The logs' paths are relative to the experiment (out_dir/tune/<run>): Tune restores
+        # the scheduler as built here, and `rpu-ray resume` may find out_dir moved since.
+        to_out_dir = Path(os.pardir, os.pardir)
         scheduler = GenerationalPBT(
             experiment.pbt.policy, seed=tuple(seed_words(experiment.seed, run)),
-            events_path=out_dir / "events.jsonl", results_path=out_dir / RESULTS_LOG,
+            events_path=to_out_dir / "events.jsonl", results_path=to_out_dir / RESULTS_LOG,
             on_generation=_progress_printer(run) if progress else None,
             hyperparameters=tuned_hyperparameters(experiment.model))
         tuner = tune.Tuner(
@@ -581,7 +584,8 @@ class RPUDriver:
             "generations": result.generations, "stop_reason": result.stop_reason,
             "model_images": result.model_images,
             "active_latents": level.latents.tolist(), "kl": kl.tolist(),
-            "model": str(directory / "best_vae.pt"),
+            # Relative to the run's folder, which may be moved between sessions.
+            "model": str((directory / "best_vae.pt").relative_to(self.out_dir)),
         }
         if truth is not None:
             record["ground_truth"] = truth
@@ -695,7 +699,7 @@ class RPUDriver:
         save_checkpoint(model_path, load_checkpoint(directory / "best_vae.pt"))
         final = {"status": "done", "leaf_mig": result.best_score,
                  "generations": result.generations, "model_images": result.model_images,
-                 "model": str(model_path)}
+                 "model": model_path.name}
         if self.dataset.has_factors and self.evaluate_final:
             model, _ = load_vae(model_path)
             metrics = evaluate_model(model, self.dataset.all_images(), self.dataset.all_factors(),

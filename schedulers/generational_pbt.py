@@ -36,6 +36,7 @@ import copy
 import json
 import logging
 import math
+import os
 import posixpath
 import statistics
 import time
@@ -91,6 +92,9 @@ class GenerationalPBT(PopulationBasedTraining):
         events_path: JSONL file that receives one line per generation and per decision.
         results_path: JSONL file that receives every result of every member (Tune's own
             per-trial progress files lose the rows of a member from before it was cloned).
+            Both paths may be relative to the experiment directory (local storage only):
+            Tuner.restore unpickles the scheduler as it was built, so an absolute path would
+            point into an experiment's old place after the experiment was moved.
         on_generation: called with each generation's summary (progress output).
     """
 
@@ -116,8 +120,11 @@ class GenerationalPBT(PopulationBasedTraining):
         )
         self.policy = policy
         self.seed = seed
-        self.events_path = Path(events_path) if events_path is not None else None
-        self.results_path = Path(results_path) if results_path is not None else None
+        self._events_path = Path(events_path) if events_path is not None else None
+        self._results_path = Path(results_path) if results_path is not None else None
+        # The experiment's directory on the local file system, from the trials added (None on
+        # other storage): relative log paths are resolved against it.
+        self._experiment_dir: Path | None = None
         self.on_generation = on_generation
         self.best_scores: list[float] = []
         self.stop_reason: str | None = None
@@ -131,8 +138,6 @@ class GenerationalPBT(PopulationBasedTraining):
         self._to_stop: set[Trial] = set()
         self._controller: Any = None
         self._history_loaded = False
-        # (generation, path) of the checkpoint copies handed to clones (`_hand_over`).
-        self._handovers: list[tuple[int, str]] = []
         # After Tuner.restore: the members that restore from a copy handed over at a barrier,
         # and whether the last barrier is to be redone (`_resume_point`).
         self._restored_clones: set[Trial] = set()
@@ -143,21 +148,42 @@ class GenerationalPBT(PopulationBasedTraining):
 
     # ---------------------------------------------------------------- events
 
+    @property
+    def events_path(self) -> Path | None:
+        """Where generations and decisions are logged (`_log_path`)."""
+        return self._log_path(self._events_path)
+
+    @property
+    def results_path(self) -> Path | None:
+        """Where every result is logged (`_log_path`)."""
+        return self._log_path(self._results_path)
+
+    def _log_path(self, path: Path | None) -> Path | None:
+        """`path`, relative ones resolved against the experiment directory."""
+        if path is None or path.is_absolute():
+            return path
+        if self._experiment_dir is None:
+            raise ValueError(f"log path {path} is relative, but the experiment is not on the "
+                             f"local file system (or no trial was added yet)")
+        return Path(os.path.normpath(self._experiment_dir / path))
+
     def _append_event(self, event: dict[str, Any]) -> None:
-        if self.events_path is None:
+        path = self.events_path
+        if path is None:
             return
-        self.events_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.events_path.open("a") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
             f.write(json.dumps(event) + "\n")
 
     def _load_history(self) -> None:
         """After a restore: the best score of every generation from the events log, so that
         the convergence rule and the generation cap continue where the run stopped."""
         self._history_loaded = True
-        if self.events_path is None or not self.events_path.exists():
+        path = self.events_path
+        if path is None or not path.exists():
             return
         best: dict[int, float] = {}
-        with self.events_path.open() as f:
+        with path.open() as f:
             for line in f:
                 event = json.loads(line)
                 if event.get("event") == GENERATION_EVENT:
@@ -170,6 +196,11 @@ class GenerationalPBT(PopulationBasedTraining):
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
         self._controller = tune_controller
+        # From every trial, not only the first: where Tune restores the experiment is where
+        # its trials are now, whatever a pickled scheduler remembers.
+        if trial.storage is not None and isinstance(trial.storage.storage_filesystem,
+                                                    pyarrow.fs.LocalFileSystem):
+            self._experiment_dir = Path(trial.storage.experiment_fs_path)
         if self._running:
             self._requeued(trial)
             return
@@ -244,7 +275,7 @@ class GenerationalPBT(PopulationBasedTraining):
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         # The controller is needed at the barrier (`_quantiles`, which Ray calls without it).
         self._controller = tune_controller
-        if self.results_path is not None:
+        if self._results_path is not None:
             row = {"trial_id": trial.trial_id,
                    **{k: _plain(v) for k, v in result.items() if k != "config"}}
             with self.results_path.open("a") as f:
@@ -350,6 +381,7 @@ class GenerationalPBT(PopulationBasedTraining):
         # members) replaces its entry from the events log instead of counting twice.
         del self.best_scores[generation:]
         self.best_scores.append(best_score(scores))
+        self._delete_old_handovers()
         self.stop_reason = stop_reason(self.best_scores, self.policy)
         ranking = rank(scores)
         best = by_id[ranking[0]]
@@ -429,23 +461,34 @@ class GenerationalPBT(PopulationBasedTraining):
             log.warning("could not copy the best checkpoint so far: %s", err)
 
     def _hand_over(self, checkpoint: Checkpoint, clone: Trial) -> Checkpoint:
-        """A copy of `checkpoint` that only `clone` uses, in `handover/` of the experiment
-        (on the same storage). Copies made two barriers ago or earlier are deleted: a clone of
-        the previous barrier may still be saving its first checkpoint of its own at this one
-        (its save can fail, or the driver die), and until then the copy is what it restores
-        from; by this barrier every clone of the one before has a checkpoint of its own."""
+        """A copy of `checkpoint` that only `clone` uses, `handover/<generation>` in the
+        clone's trial folder (on the same storage): there Tune moves its path with the trial
+        when a moved experiment is restored (`Trial.set_storage`)."""
         filesystem = checkpoint.filesystem
-        generation = len(self.best_scores) - 1
-        for path in [p for g, p in self._handovers if g < generation - 1]:
-            filesystem.delete_dir(path)
-        self._handovers = [(g, p) for g, p in self._handovers if g >= generation - 1]
-        experiment = posixpath.dirname(posixpath.dirname(checkpoint.path))
-        target = posixpath.join(experiment, HANDOVER_DIR, f"{clone.trial_id}-{generation}")
+        target = posixpath.join(clone.storage.trial_fs_path, HANDOVER_DIR,
+                                str(len(self.best_scores) - 1))
         filesystem.create_dir(target)
         pyarrow.fs.copy_files(checkpoint.path, target, source_filesystem=filesystem,
                               destination_filesystem=filesystem)
-        self._handovers.append((generation, target))
         return Checkpoint(target, filesystem)
+
+    def _delete_old_handovers(self) -> None:
+        """Delete the copies handed over two barriers ago or earlier: a clone of the previous
+        barrier may still be saving its first checkpoint of its own at this one (its save can
+        fail, or the driver die), and until then the copy is what it restores from; by this
+        barrier every clone of the one before has a checkpoint of its own. The copies are
+        found on storage, so those of a run before a restore go too."""
+        trials = list(self._trial_state)
+        if not trials:
+            return
+        filesystem = trials[0].storage.storage_filesystem
+        generation = len(self.best_scores) - 1
+        for trial in trials:
+            for folder in _subfolders(filesystem, posixpath.join(trial.storage.trial_fs_path,
+                                                                 HANDOVER_DIR)):
+                name = posixpath.basename(folder)
+                if name.isdigit() and int(name) < generation - 1:
+                    filesystem.delete_dir(folder)
 
     def _get_new_config(self, trial: Trial, trial_to_clone: Trial) -> tuple[dict, dict]:
         decision, _ = self._decisions.pop(trial.trial_id)

@@ -8,6 +8,7 @@ makes of them decides whether the run continues or waits forever at a barrier.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def _restored(members: list[tuple[str, int, str]]) -> tuple[GenerationalPBT, _Co
         result = {"training_iteration": iteration, "score": 0.5}
         trial.run_metadata.last_result = result
         if checkpoint != NONE:
-            folder = (f"/tune/run/handover/trial{member}-{iteration - 1}" if checkpoint == HANDED
+            folder = (f"/tune/run/trial{member}/handover/{iteration - 1}" if checkpoint == HANDED
                       else f"/tune/run/trial{member}/checkpoint_{iteration - 1:06d}")
             trial.run_metadata.checkpoint_manager._latest_checkpoint_result = _TrainingResult(
                 checkpoint=Checkpoint(folder), metrics=result)
@@ -189,3 +190,75 @@ def test_the_best_checkpoint_is_kept_out_of_reach_of_tunes_retention(tmp_path: P
     # Written in full, the better checkpoint is taken.
     (truncated / MEMBER_STATE_FILE).write_bytes(state)
     assert keep() == kept / "1-3"
+
+
+class _Storage:
+    """The part of Tune's `StorageContext` the scheduler reads: where a trial's files are."""
+
+    def __init__(self, experiment: Path, trial: str,
+                 filesystem: pyarrow.fs.FileSystem | None = None) -> None:
+        self.storage_filesystem = filesystem or pyarrow.fs.LocalFileSystem()
+        self.experiment_fs_path = str(experiment)
+        self.trial_fs_path = str(experiment / trial)
+
+
+def _trials_in(scheduler: GenerationalPBT, experiment: Path, count: int,
+               filesystem: pyarrow.fs.FileSystem | None = None) -> list[Trial]:
+    """`count` new stub trials whose files are in `experiment`, added to `scheduler`."""
+    trials = []
+    for member in range(count):
+        trial = Trial("MemberTrainable", config={"member": member, "lr": 1e-3}, stub=True)
+        trial.storage = _Storage(experiment, f"trial{member}", filesystem)
+        trials.append(trial)
+    controller = _Controller(trials)
+    for trial in trials:
+        scheduler.on_trial_add(controller, trial)
+    return trials
+
+
+def test_relative_log_paths_follow_the_experiment_when_it_is_moved(tmp_path: Path) -> None:
+    # Tuner.restore unpickles the scheduler as it was built, before any trial was added.
+    built = pickle.dumps(GenerationalPBT(
+        PBTPolicy(), seed=(0,), hyperparameters=("lr",), events_path=Path("..", "events.jsonl"),
+        results_path=tmp_path / "results.jsonl"))
+    for place in ("first", "moved"):
+        scheduler = pickle.loads(built)
+        # Had it been pickled after trials were added, the trials of the moved experiment
+        # still decide where its logs go.
+        scheduler._experiment_dir = tmp_path / "first" / "run"
+        _trials_in(scheduler, tmp_path / place / "run", 2)
+        scheduler._append_event({"event": "generation", "generation": 0, "best_score": 0.5})
+        assert scheduler.events_path == tmp_path / place / "events.jsonl"
+        assert scheduler.results_path == tmp_path / "results.jsonl"  # absolute: as given
+    for place in ("first", "moved"):
+        lines = (tmp_path / place / "events.jsonl").read_text().splitlines()
+        assert [json.loads(line)["generation"] for line in lines] == [0]
+    # Relative paths need the experiment on the local file system.
+    scheduler = pickle.loads(built)
+    _trials_in(scheduler, tmp_path / "remote", 1,
+               pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem()))
+    with pytest.raises(ValueError, match=r"events\.jsonl is relative"):
+        scheduler._append_event({"event": "generation"})
+
+
+def test_handed_over_copies_live_in_the_clones_folder_for_two_barriers(tmp_path: Path) -> None:
+    scheduler = GenerationalPBT(PBTPolicy(), seed=(0,), hyperparameters=("lr",))
+    trials = _trials_in(scheduler, tmp_path / "run", 2)
+    donor = tmp_path / "run" / "trial0" / "checkpoint_000000"
+    donor.mkdir(parents=True)
+    (donor / MEMBER_STATE_FILE).write_bytes(b"state")
+    filesystem = pyarrow.fs.LocalFileSystem()
+    # Barriers 0 to 3 each hand member 1 a copy (a restored scheduler made the first two:
+    # the copies are found on storage, not in the scheduler's memory).
+    for generation in range(4):
+        if generation == 2:
+            scheduler = GenerationalPBT(PBTPolicy(), seed=(0,), hyperparameters=("lr",))
+            trials = _trials_in(scheduler, tmp_path / "run", 2)
+        scheduler.best_scores = [0.5] * (generation + 1)
+        scheduler._delete_old_handovers()
+        copy = scheduler._hand_over(Checkpoint(str(donor), filesystem), trials[1])
+        assert copy.path == str(tmp_path / "run" / "trial1" / "handover" / str(generation))
+        assert (Path(copy.path) / MEMBER_STATE_FILE).read_bytes() == b"state"
+        kept = sorted(p.name for p in (tmp_path / "run" / "trial1" / "handover").iterdir())
+        assert kept == [str(g) for g in range(max(0, generation - 1), generation + 1)]
+    assert (donor / MEMBER_STATE_FILE).exists()

@@ -1,9 +1,12 @@
-"""The rPU-VAE driver killed with SIGKILL in the middle of a metaEpoch, then `rpu-ray resume`.
+"""The rPU-VAE driver killed with SIGKILL in the middle of a metaEpoch, its folder moved, then
+`rpu-ray resume` in the new place.
 
 The run, its Ray instance and every worker are killed at once (the process group), as a lost
-head node would be. Resuming must finish the run, with every output a finished run has,
-without redoing the finished metaEpochs, and continue the interrupted one from Tune's
-checkpoints; the resumed run ends where an uninterrupted run of the same config ends.
+head node would be; its folder is then moved, as one copied off a lost node or restored from
+backup is. Resuming must finish the run, with every output a finished run has, without
+redoing the finished metaEpochs and without touching the old place, and continue the
+interrupted one from Tune's checkpoints; the resumed run ends where an uninterrupted run of the
+same config ends.
 """
 
 from __future__ import annotations
@@ -44,23 +47,27 @@ def _wait_for(predicate, process: subprocess.Popen, timeout: float) -> None:
 
 
 @pytest.mark.slow
-def test_driver_killed_mid_metaepoch_resumes_without_redoing_finished_work(
+def test_driver_killed_mid_metaepoch_resumes_elsewhere_without_redoing_finished_work(
         squares_npz: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    run = subprocess.Popen([*CLI, "run", "--data", str(squares_npz), "--out", str(out),
+    started = tmp_path / "run"
+    run = subprocess.Popen([*CLI, "run", "--data", str(squares_npz), "--out", str(started),
                             *SMOKE_ON_SQUARES],
                            env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
-    leaf_events = out / "metaepochs" / "leaf1-1" / "events.jsonl"
+    leaf = Path("metaepochs", "leaf1-1")
     try:
         # Kill point: the x-run is done and the first leaf metaEpoch has finished a generation
         # that Tune has recorded in its experiment state.
-        tune_dir = out / "metaepochs" / "leaf1-1" / "tune" / "leaf1-1"
-        _wait_for(lambda: any(e["event"] == "generation" for e in _events(leaf_events))
+        tune_dir = started / leaf / "tune" / "leaf1-1"
+        _wait_for(lambda: any(e["event"] == "generation"
+                              for e in _events(started / leaf / "events.jsonl"))
                   and any(tune_dir.glob("experiment_state*.json")), run, timeout=900)
     finally:
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
+    out = tmp_path / "moved"
+    started.rename(out)
+    leaf_events = out / leaf / "events.jsonl"
     x_model = out / "metaepochs" / "x" / "best_vae.pt"
     x_model_stat = x_model.stat()
     state = json.loads((out / "state.json").read_text())
@@ -68,6 +75,7 @@ def test_driver_killed_mid_metaepoch_resumes_without_redoing_finished_work(
     assert state["metaepochs"]["leaf1-1"]["status"] == "running"
 
     run_cli("resume", str(out))
+    assert not started.exists()  # nothing was written to the old place
 
     state = json.loads((out / "state.json").read_text())
     assert state["phase"] == "done"
