@@ -125,3 +125,21 @@ def test_fixed_factors_keep_the_images_of_those_classes() -> None:
             learning_curve.fixed_factors(dataset, bad)
     with pytest.raises(SystemExit, match="no image has these factor classes"):
         learning_curve.fixed_factors(dataset, "posX=1")
+
+
+def test_set_gives_the_objective_its_constants_and_the_rows_its_terms(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, one_cpu_thread: None) -> None:
+    assert learning_curve.objective_settings("c_max=10, gamma=1e3") == {"c_max": 10.0,
+                                                                       "gamma": 1000.0}
+    assert learning_curve.objective_settings("") == {}
+    with pytest.raises(SystemExit, match="numeric"):
+        learning_curve.objective_settings("c_max=ten")
+    path = tmp_path / "curve.csv"
+    monkeypatch.setattr(sys, "argv", ["learning_curve.py", "--smoke", "--loss", "annealedvae",
+                                      "--set", "c_max=4,iteration_threshold=2", "--csv",
+                                      str(path)])
+    learning_curve.main()
+    table = pd.read_csv(path)
+    # The capacity grew to c_max after 2 steps and stayed there (600 images at batch 64).
+    assert table.capacity_mean.iloc[-1] == pytest.approx(4.0)
+    assert (table.recon_mean > 0).all() and (table.kl_mean >= 0).all()
