@@ -213,12 +213,16 @@ def _interrupt_after(command: list[str], out: Path, generations: int) -> None:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
+    # Generous: on 2 busy cores (another job beside the tests) 300 s were once not enough.
+    deadline = time.time() + 900
     while time.time() < deadline and process.poll() is None:
         if (out / "events.jsonl").exists() and len(_generations(out)) >= generations:
             break
         time.sleep(0.5)
     assert process.poll() is None, process.stdout.read()
+    if not ((out / "events.jsonl").exists() and len(_generations(out)) >= generations):
+        process.kill()
+        raise AssertionError(f"no {generations} generations after 900 s")
     process.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and returns
     output, _ = process.communicate(timeout=120)
     assert "interrupted after" in output and "--resume" in output, output
