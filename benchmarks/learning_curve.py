@@ -52,15 +52,35 @@ def checkpoints(first: int, last: int, count: int) -> list[int]:
     return sorted({max(100, int(round(v, -2))) for v in values})
 
 
-def active_labels(member: Member, dataset: data.Dataset, points: int, seed: int
-                  ) -> dict[str, object]:
-    """What rPU-VAE would make of each VAE i as a metaEpoch's best model, on the whole data
-    set: `active_<i>`, the number of latents it labels (Gaussian KL above the default active
-    threshold); `labels_<i>`, the factor each of them shares most information with (on
-    `points` images; "-": none active); and `subset_<i>`, the reduction by these labels: the
-    size of the subset a leaf-run would train on and how many classes of each factor narrowed
-    by it remain there (e.g. "438 posX 4/16 posY 11/16"; "-" when the reduction stops)."""
-    mu, logsigma = encode_images(member.model, dataset.all_images())
+def kl_parts(mu: np.ndarray, logsigma: np.ndarray) -> dict[str, float]:
+    """Where each VAE i's KL to the prior comes from, summed over latents, in nats (their sum
+    is the mean Gaussian KL over the images): `kl_spread_<i>`, half the variance of the means
+    over the images, the only part that says which image was encoded; `kl_shift_<i>`, half
+    the squared mean of the means; `kl_width_<i>`, the posteriors' widths off the prior's.
+
+    Args:
+      mu, logsigma: (M, N, C) codes of M VAEs on N images (`encode_images`).
+    """
+    row = {}
+    for i, (m, s) in enumerate(zip(mu.astype(np.float64), logsigma.astype(np.float64),
+                                   strict=True)):
+        variance = np.exp(2.0 * s)
+        row[f"kl_spread_{i}"] = float(0.5 * m.var(0).sum())
+        row[f"kl_shift_{i}"] = float(0.5 * (m.mean(0) ** 2).sum())
+        row[f"kl_width_{i}"] = float(0.5 * (variance - 1.0 - 2.0 * s).mean(0).sum())
+    return row
+
+
+def active_labels(codes: tuple[np.ndarray, np.ndarray], dataset: data.Dataset, points: int,
+                  seed: int) -> dict[str, object]:
+    """What rPU-VAE would make of each VAE i as a metaEpoch's best model, given its codes
+    (mu, logsigma) of the whole data set (`encode_images`): `active_<i>`, the number of
+    latents it labels (Gaussian KL above the default active threshold); `labels_<i>`, the
+    factor each of them shares most information with (on `points` images; "-": none active);
+    and `subset_<i>`, the reduction by these labels: the size of the subset a leaf-run would
+    train on and how many classes of each factor narrowed by it remain there (e.g. "438 posX
+    4/16 posY 11/16"; "-" when the reduction stops)."""
+    mu, logsigma = codes
     factors = dataset.all_factors()
     sample = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:points])
     threshold = ReductionConfig().active_threshold("gaussian")
@@ -120,8 +140,8 @@ def learning_curve(dataset: data.Dataset, hyperparameters: dict[str, float], bud
                    *, num_models: int, arch: str, loss: str, seed: int, points: int,
                    udr_points: int, udr_kl_threshold: float, device: str) -> pd.DataFrame:
     """Trains one member to each budget in turn (images per VAE) and scores it there: one row
-    per budget with the MIG of every VAE, their mean, the member's UDR and every VAE's active
-    latents (`active_labels`)."""
+    per budget with the MIG of every VAE, their mean, the member's UDR, the objective's terms,
+    every VAE's active latents (`active_labels`) and the parts of its KL (`kl_parts`)."""
     images = dataset.all_images()
     member = Member(hyperparameters, num_models=num_models, image_shape=images.shape[1:],
                     arch=arch, loss=loss, seed=seed, device=device)
@@ -134,6 +154,7 @@ def learning_curve(dataset: data.Dataset, hyperparameters: dict[str, float], bud
         stats = member.train(tensor, budget - trained)
         trained = budget
         migs = score_supervised(member, tensor, factors, config)["model_scores"]
+        codes = encode_images(member.model, images)
         row = {"images": budget, "mig_mean": float(np.mean(migs)),
                **{f"mig_{i}": m for i, m in enumerate(migs)},
                "udr": score_udr(member, tensor, config)["score"],
@@ -141,7 +162,7 @@ def learning_curve(dataset: data.Dataset, hyperparameters: dict[str, float], bud
                # does a VAE leave the floor by reconstructing more or by encoding more?
                **{f"{name}_mean": float(np.mean(stats[name]))
                   for name in ("recon", "kl", "capacity") if name in stats},
-               **active_labels(member, dataset, points, seed),
+               **active_labels(codes, dataset, points, seed), **kl_parts(*codes),
                "diverged": bool(stats["diverged"]), "wall_s": round(time.time() - started, 1)}
         print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                        for k, v in row.items()), flush=True)

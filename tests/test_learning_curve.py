@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,7 @@ from conftest import clustered_squares, load_benchmark
 
 from rpu_ray import data
 from rpu_ray.engine import Member
-from rpu_ray.evaluation import evaluation_positions
+from rpu_ray.evaluation import encode_images, evaluation_positions
 from rpu_ray.metrics import gaussian_kl, mig, udr
 
 learning_curve = load_benchmark("learning_curve")
@@ -102,8 +101,8 @@ class _PositionEncoder(torch.nn.Module):
 def test_active_labels_name_the_factors_and_the_cell_the_reduction_keeps() -> None:
     images, factors = clustered_squares()  # 4 x 4 positions, 24 copies each
     dataset = data.Dataset(images[:, None], factors, ("posX", "posY"), (4, 4), "squares")
-    member = SimpleNamespace(model=_PositionEncoder())
-    row = learning_curve.active_labels(member, dataset, points=len(dataset), seed=0)
+    codes = encode_images(_PositionEncoder(), dataset.all_images())
+    row = learning_curve.active_labels(codes, dataset, points=len(dataset), seed=0)
     assert row["active_0"] == 2
     assert row["labels_0"] == "posX posY"
     # Positions that far apart leave clean gaps: the reduction keeps one whole position.
@@ -143,3 +142,19 @@ def test_set_gives_the_objective_its_constants_and_the_rows_its_terms(
     # The capacity grew to c_max after 2 steps and stayed there (600 images at batch 64).
     assert table.capacity_mean.iloc[-1] == pytest.approx(4.0)
     assert (table.recon_mean > 0).all() and (table.kl_mean >= 0).all()
+
+
+def test_kl_parts_add_up_to_the_gaussian_kl_and_separate_codes_from_offsets() -> None:
+    rng = np.random.default_rng(0)
+    mu = rng.normal(0.5, 2.0, size=(2, 400, 3))
+    logsigma = rng.normal(-1.0, 0.3, size=(2, 400, 3))
+    # A VAE whose codes do not depend on the image: shifted means, narrow posteriors.
+    mu[1], logsigma[1] = 1.5, -2.0
+    row = learning_curve.kl_parts(mu, logsigma)
+    for i in range(2):
+        total = row[f"kl_spread_{i}"] + row[f"kl_shift_{i}"] + row[f"kl_width_{i}"]
+        assert total == pytest.approx(gaussian_kl(mu[i], logsigma[i]).sum(), rel=1e-12)
+    assert row["kl_spread_0"] == pytest.approx(0.5 * mu[0].var(0).sum(), rel=1e-12)
+    assert row["kl_spread_1"] == 0.0
+    assert row["kl_shift_1"] == pytest.approx(3 * 0.5 * 1.5**2)
+    assert row["kl_width_1"] == pytest.approx(3 * 0.5 * (np.exp(-4.0) - 1.0 + 4.0))
