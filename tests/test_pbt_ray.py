@@ -193,13 +193,20 @@ def test_pbt_exploits_and_replaces_diverged_members(ray_session, tmp_path: Path)
     assert all(0 <= f <= config.model.num_models * config.model.z_dim for f in filtered)
 
 
-def test_interrupted_run_resumes_where_it_stopped(ray_session, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    _interrupt_after(_pbt_command(out, "pbt.policy.max_generations=4"), out, generations=1)
-    done_before = len(_generations(out))
+def test_interrupted_run_resumes_where_it_stopped_after_its_folder_moved(
+        ray_session, tmp_path: Path) -> None:
+    started = tmp_path / "run"
+    _interrupt_after(_pbt_command(started, "pbt.policy.max_generations=4"), started,
+                     generations=1)
+    done_before = len(_generations(started))
     assert 1 <= done_before < 4
+    # Moved (as a folder copied off a lost node is): the logs and the copies handed to
+    # clones follow it, nothing is written to the old place.
+    out = tmp_path / "moved"
+    started.rename(out)
 
     resume_pbt(out)
+    assert not started.exists()
     generations = _generations(out)
     assert [g["generation"] for g in generations] == list(range(4))
     assert generations[-1]["stop_reason"] == "max_generations"
