@@ -477,18 +477,22 @@ class GenerationalPBT(PopulationBasedTraining):
         barrier may still be saving its first checkpoint of its own at this one (its save can
         fail, or the driver die), and until then the copy is what it restores from; by this
         barrier every clone of the one before has a checkpoint of its own. The copies are
-        found on storage, so those of a run before a restore go too."""
+        found on storage, so those of a run before a restore go too. A storage error only
+        costs disk space, not the run."""
         trials = list(self._trial_state)
         if not trials:
             return
         filesystem = trials[0].storage.storage_filesystem
         generation = len(self.best_scores) - 1
-        for trial in trials:
-            for folder in _subfolders(filesystem, posixpath.join(trial.storage.trial_fs_path,
-                                                                 HANDOVER_DIR)):
-                name = posixpath.basename(folder)
-                if name.isdigit() and int(name) < generation - 1:
-                    filesystem.delete_dir(folder)
+        try:
+            for trial in trials:
+                for folder in _subfolders(filesystem, posixpath.join(
+                        trial.storage.trial_fs_path, HANDOVER_DIR)):
+                    name = posixpath.basename(folder)
+                    if name.isdigit() and int(name) < generation - 1:
+                        filesystem.delete_dir(folder)
+        except OSError as err:
+            log.warning("could not delete the checkpoint copies of old barriers: %s", err)
 
     def _get_new_config(self, trial: Trial, trial_to_clone: Trial) -> tuple[dict, dict]:
         decision, _ = self._decisions.pop(trial.trial_id)
