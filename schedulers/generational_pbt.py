@@ -201,6 +201,8 @@ class GenerationalPBT(PopulationBasedTraining):
         if trial.storage is not None and isinstance(trial.storage.storage_filesystem,
                                                     pyarrow.fs.LocalFileSystem):
             self._experiment_dir = Path(trial.storage.experiment_fs_path)
+        # Relative log paths on other storage: fail now, not at the first barrier.
+        _ = self.events_path, self.results_path
         if self._running:
             self._requeued(trial)
             return
