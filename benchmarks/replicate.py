@@ -276,8 +276,9 @@ def rpu_run(dataset: data.Dataset, budget: Budget, seed: int, device: str,
     with tempfile.TemporaryDirectory(prefix="rpu-replicate-") as out:
         state = RPUDriver(out, config, dataset, LocalExecutor(device, progress=False),
                           progress=False, evaluate_final=False).run()
+        # state.json names model files relative to the run's folder.
         final = state.get("final", {}).get("model") or state["metaepochs"]["x"]["model"]
-        model, _ = load_vae(final, device)
+        model, _ = load_vae(Path(out) / final, device)
     def labelled(key: str) -> str:
         return labelled_factors(state["metaepochs"][key].get("ground_truth", {}))
 
