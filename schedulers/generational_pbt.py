@@ -76,7 +76,7 @@ from rpu_ray.pbt import (
 log = logging.getLogger(__name__)
 
 GENERATION_EVENT = "generation"
-# Folder of the experiment holding the copies of donors' checkpoints handed to clones.
+# Folder in a clone's trial folder holding the copies of donors' checkpoints handed to it.
 HANDOVER_DIR = "handover"
 
 
@@ -202,7 +202,8 @@ class GenerationalPBT(PopulationBasedTraining):
                                                     pyarrow.fs.LocalFileSystem):
             self._experiment_dir = Path(trial.storage.experiment_fs_path)
         # Relative log paths on other storage: fail now, not at the first barrier.
-        _ = self.events_path, self.results_path
+        for path in (self._events_path, self._results_path):
+            self._log_path(path)
         if self._running:
             self._requeued(trial)
             return
