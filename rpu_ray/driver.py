@@ -590,8 +590,11 @@ class RPUDriver:
         if truth is not None:
             record["ground_truth"] = truth
         self._update("metaepochs", key, value=record)
+        # stop_reason "max_generations": cut off by the cap before converging; its best VAE
+        # still labels (docs/design.md, "Leaf-run rules beyond the authors' code").
         self._event("metaepoch_done", key=key, best_score=round(result.best_score, 4),
-                    generations=result.generations, active_latents=level.latents.tolist(),
+                    generations=result.generations, stop_reason=result.stop_reason,
+                    active_latents=level.latents.tolist(),
                     **({"labels": truth["labels"]} if truth else {}))
         return records[key]
 

@@ -29,7 +29,9 @@ class LabelFileError(ValueError):
 class LabelLevel:
     """One level of a leaf-run: `labels[i]` are the surrogate labels of image `indices[i]`."""
 
-    indices: np.ndarray  # int64 (n,) positions into the full data set, ascending
+    # int64 (n,) positions into the full data set: ascending, except in the authors'
+    # reduction mode with one active latent, which keeps them in latent-value order.
+    indices: np.ndarray
     labels: np.ndarray  # float64 (n, k) encoder means of the k active latents
     latents: np.ndarray  # int64 (k,) which latent of the labelling VAE each column is
 

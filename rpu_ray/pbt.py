@@ -133,8 +133,9 @@ class PBTPolicy:
         (authors: none): 30, four times the earliest possible convergence (7 generations) and
         more than the authors' longest fixed run (28 generations, supervised reference run), so
         it only cuts runs that would not converge. None disables the cap.
-      big_init_population_factor: k. Start with k times the population and keep only the best
-        n // k after generation 0. Authors: 1 in UDR runs, 2 in the supervised runs.
+      big_init_population_factor: k. Start with the population n and keep only the best
+        n // k after generation 0 (56 -> 28 with k = 2). Authors: 1 in UDR runs, 2 in the
+        supervised runs.
     """
 
     quantile_fraction: float = 0.2
