@@ -332,8 +332,6 @@ def run_baselines(dataset: Dataset, model: str, values: list[float] | None, seed
     VAE with the best MIG on that many labels, its label MIG and its full evaluation row) to
     `out_dir`. Returns the table, with a `label_mig` column when selecting.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     members, rows = [], []
     for value in values if values is not None else GRIDS[model].values:
         member, member_rows = train_baseline(dataset, model, value, seeds, images,
@@ -341,6 +339,9 @@ def run_baselines(dataset: Dataset, model: str, values: list[float] | None, seed
         members.append(member)
         rows.extend(member_rows)
     table = pd.DataFrame(rows)
+    # Made only now: a bad option or device fails before training without leaving a folder.
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     if select_labels is not None:
         position, index, label_migs = select_by_labels(members, dataset, select_labels,
                                                        seed=train_options.get("seed", 0))

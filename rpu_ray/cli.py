@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from rpu_ray import __version__
 from rpu_ray.config import PRESETS, ConfigError
@@ -23,6 +24,34 @@ def _subsample(text: str) -> int | list[int]:
         raise argparse.ArgumentTypeError(
             f"expected a count or comma-separated strides, got {text!r}") from None
     return parts[0] if len(parts) == 1 else parts
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _output_file(*suffixes: str) -> Callable[[str], str]:
+    """argparse type of a file to write: one of `suffixes`, not an existing folder (checked
+    before the command does any work)."""
+    def check(text: str) -> str:
+        path = Path(text)
+        if path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(
+                f"{text}: expected a {' or '.join(suffixes)} file name")
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: is a folder, expected a file name")
+        return text
+    return check
+
+
+def _write_error(path: str, err: OSError) -> ConfigError:
+    return ConfigError(f"{path}: cannot write ({err.strerror or err})")
 
 
 def _add_data_options(parser: argparse.ArgumentParser, positional: bool = True,
@@ -54,15 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     preview = data_commands.add_parser(
         "preview", help="write an image grid: one row per factor traversal (or a sample)")
     _add_data_options(preview)
-    preview.add_argument("--out", required=True, help="PNG file to write")
-    preview.add_argument("--steps", type=int, default=8, help="images per row")
+    preview.add_argument("--out", required=True, type=_output_file(".png"),
+                         help="PNG file to write")
+    preview.add_argument("--steps", type=_positive_int, default=8, help="images per row")
     info = data_commands.add_parser("info", help="print size, image shape and factors")
     _add_data_options(info)
 
     run = commands.add_parser(
         "run", help="the whole rPU-VAE algorithm: x-run, leaf-runs, final model")
     run.add_argument("config", nargs="?", help="experiment YAML (see rpu_ray/presets)")
-    run.add_argument("--preset", choices=PRESETS, help="smoke (seconds), demo, paper")
+    run.add_argument("--preset", choices=PRESETS, help="smoke (a few minutes), demo, paper")
     run.add_argument("--data", help="data spec, overrides data.spec (dsprites, shapes3d, a path)")
     run.add_argument("--out", help="output directory (default: runs/<name>-rpu-<time>)")
     run.add_argument("--set", dest="overrides", action="append", default=[],
@@ -84,21 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", help="an exported VAE (best_vae.pt, final_model.pt)")
     _add_data_options(evaluate, positional=False, model_sized=True)
     evaluate.add_argument("--dci-mode", choices=("exact", "fast"), default="exact")
-    evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--json", type=_output_file(".json"),
+                          help="also write the metrics to this JSON file")
     traverse = commands.add_parser(
         "traverse", help="latent traversals of an exported model (active latents highlighted)")
     traverse.add_argument("model", help="an exported VAE (best_vae.pt, final_model.pt)")
     _add_data_options(traverse, positional=False, model_sized=True)
-    traverse.add_argument("--out", required=True, help="PNG file to write")
+    traverse.add_argument("--out", required=True, type=_output_file(".png"),
+                          help="PNG file to write")
 
     pbt = commands.add_parser(
         "pbt", help="one PBT experiment: PBT-U-VAE (UDR) or PBT-S-VAE (MIG/DCI on labels)")
     pbt.add_argument("config", nargs="?", help="experiment YAML (see rpu_ray/presets)")
-    pbt.add_argument("--mode", choices=("udr", "mig", "dci"), default="udr",
+    pbt.add_argument("--mode", choices=("udr", "mig", "dci"),
                      help="how members are scored (default: udr, unsupervised)")
     pbt.add_argument("--data", help="data spec, overrides data.spec (dsprites, shapes3d, a path)")
-    pbt.add_argument("--labels", type=int, metavar="N",
-                     help="semi-supervised: score with N randomly chosen labelled images only")
+    pbt.add_argument("--labels", type=_positive_int, metavar="N",
+                     help="semi-supervised (--mode mig or dci): score with N randomly chosen "
+                          "labelled images only")
     pbt.add_argument("--preset", choices=PRESETS, help="smoke (seconds), demo, paper")
     pbt.add_argument("--out", help="output directory (default: runs/<name>-<mode>-<time>)")
     pbt.add_argument("--set", dest="overrides", action="append", default=[],
@@ -117,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="training images per VAE (default: the study's 300,000 steps "
                                "of 64)")
     baseline.add_argument("--lr", type=float, default=1e-4)
-    baseline.add_argument("--batch-size", type=int, default=64)
+    baseline.add_argument("--batch-size", type=_positive_int, default=64)
     baseline.add_argument("--arch", choices=("authors", "dlib"), default="authors")
     baseline.add_argument("--select-labels", type=int, default=1000, metavar="N",
                           help="model selection by MIG on N labels (0: none)")
@@ -145,7 +178,10 @@ def _data_preview(args: argparse.Namespace) -> None:
 
     dataset = _load(args)
     print(dataset.describe())
-    path = save_preview(dataset, args.out, num_steps=args.steps, seed=args.seed)
+    try:
+        path = save_preview(dataset, args.out, num_steps=args.steps, seed=args.seed)
+    except OSError as err:
+        raise _write_error(args.out, err) from None
     print(f"wrote {path}")
 
 
@@ -159,19 +195,23 @@ def _pbt(args: argparse.Namespace) -> None:
     if args.resume:
         unexpected = [flag for flag, value in (("config", args.config), ("--data", args.data),
                                                ("--preset", args.preset), ("--out", args.out),
-                                               ("--labels", args.labels),
+                                               ("--mode", args.mode), ("--labels", args.labels),
                                                ("--set", args.overrides)) if value]
         if unexpected:
             dropped = ", ".join(unexpected)
             raise ConfigError(f"--resume continues a run as configured; drop {dropped}")
         experiment.resume_pbt(args.resume, address=args.address)
         return
+    mode = args.mode or "udr"
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.spec={args.data}")
     if args.labels is not None:
+        if mode == "udr":
+            raise ConfigError("--labels limits the labels that score members: it needs "
+                              "--mode mig or dci (udr uses none)")
         overrides.append(f"eval.labels={args.labels}")
-    experiment.start_pbt(args.config, args.preset, overrides, args.mode, args.out, args.address)
+    experiment.start_pbt(args.config, args.preset, overrides, mode, args.out, args.address)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -204,8 +244,12 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise ConfigError(str(err)) from None
     print(format_metrics_table(metrics))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(metrics, f, indent=1)
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump(metrics, f, indent=1)
+        except OSError as err:
+            raise _write_error(args.json, err) from None
         print(f"wrote {args.json}")
 
 
@@ -216,6 +260,8 @@ def _traverse(args: argparse.Namespace) -> None:
         out = save_traversals(args.model, _load(args), args.out, seed=args.seed)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    except OSError as err:
+        raise _write_error(args.out, err) from None
     print(f"wrote {out}")
 
 
@@ -232,18 +278,31 @@ def _baseline(args: argparse.Namespace) -> None:
         raise ConfigError(f"--eval-points: expected three counts >= 2, got {args.eval_points!r}")
     if args.seeds < 2 or args.images < 2 or (args.select_labels and args.select_labels < 2):
         raise ConfigError("--seeds must be >= 2, --images >= 2, --select-labels 0 or >= 2")
+    if not args.lr > 0:
+        raise ConfigError(f"--lr must be positive, got {args.lr}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: exists and is not a folder")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: PyTorch sees no CUDA GPU here")
     dataset = _load(args)
     if not dataset.has_factors:
         raise ConfigError(f"{dataset.source} has no ground-truth factors: baselines are "
                           "evaluated on them")
-    table = run_baselines(
-        dataset, args.model, args.hparam, args.seeds, args.images, args.out,
-        select_labels=args.select_labels or None, lr=args.lr, batch_size=args.batch_size,
-        arch=args.arch, seed=args.seed, device=device, eval_points=points,
-        dci_mode=args.dci_mode)
+    try:
+        table = run_baselines(
+            dataset, args.model, args.hparam, args.seeds, args.images, args.out,
+            select_labels=args.select_labels or None, lr=args.lr, batch_size=args.batch_size,
+            arch=args.arch, seed=args.seed, device=device, eval_points=points,
+            dci_mode=args.dci_mode)
+    except OSError as err:  # the results, written last
+        raise _write_error(args.out, err) from None
     columns = ["value", "seed", "mig", "dci_disentanglement", "sap", "udr",
                *(["label_mig"] if "label_mig" in table else [])]
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))

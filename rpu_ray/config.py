@@ -414,23 +414,35 @@ def load_config(path: str | Path | None = None, preset_name: str | None = None,
     `preset_name` wins over it.
     """
     values: dict[str, Any] = {}
+    source = ""  # what an error is blamed on
     if path is not None:
         path = Path(path)
+        source = f"{path}: "
         try:
             text = path.read_text()
         except OSError as err:
             raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a YAML text file") from None
         values = _read_yaml(text, str(path))
     file_preset = values.pop("preset", None)
-    chosen = preset_name or file_preset
-    resolved = preset(chosen) if chosen else {}
-    resolved = _merge(resolved, values)
+    try:
+        base = _merge(preset(preset_name or file_preset) if preset_name or file_preset else {},
+                      values)
+    except ConfigError as err:
+        raise ConfigError(f"{'' if preset_name else source}{err}") from None
+    resolved = base
     for text in overrides:
         resolved = _merge(resolved, parse_override(text))
     try:
         return from_dict(resolved)
     except ConfigError as err:
-        source = f"{path}: " if path is not None else ""
+        if resolved is not base:  # blame --set when the settings without it are valid
+            try:
+                from_dict(base)
+                source = "--set: "
+            except ConfigError:
+                pass
         raise ConfigError(f"{source}{err}") from None
 
 

@@ -57,13 +57,20 @@ from rpu_ray.evaluation import (
     label_ground_truth,
     per_latent_kl,
 )
-from rpu_ray.experiment import NO_FINITE_SCORE, read_events, read_jsonl
+from rpu_ray.experiment import (
+    NO_FINITE_SCORE,
+    STATE_FILE,
+    ExperimentDirError,
+    read_events,
+    read_jsonl,
+    read_state,
+)
 from rpu_ray.export import export_vae, load_vae
 from rpu_ray.labels import LabelLevel, LeafRunLabels
 from rpu_ray.pbt import HYPERPARAMETERS
 from rpu_ray.population import (
-    MODES,
     NoFiniteScoreError,
+    check_pbt_mode,
     initial_population,
     run_local_pbt,
     seed_words,
@@ -168,14 +175,7 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
 
     from schedulers.generational_pbt import GenerationalPBT, PopulationSearch
 
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "udr" and experiment.model.num_models < 2:
-        raise ValueError("UDR compares the VAEs of a member: model.num_models must be >= 2")
-    if mode == "leafmig" and not label_chains:
-        raise ValueError("mode 'leafmig' needs the surrogate-label chains of the leaf-runs")
-    if mode in ("mig", "dci") and not dataset.has_factors:
-        raise ValueError(f"mode {mode!r} scores members on labels, but {dataset.source} has none")
+    check_pbt_mode(experiment, dataset, mode, label_chains)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = out_dir / "tune"
@@ -186,7 +186,9 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
     trainable = _trainable(experiment, dataset, mode, run, images_ref, label_chains)
     if resume:
         if not tune.Tuner.can_restore(str(storage / run)):
-            raise FileNotFoundError(f"{storage / run}: no Tune experiment to resume")
+            raise ExperimentDirError(
+                f"{storage / run}: no Tune state to resume (the run stopped before Tune saved "
+                "it): start the run again in a new folder")
         # Members that failed for good stay failed (the scheduler leaves them out): restarted
         # at their old generation they would complete barriers the others have passed.
         tuner = tune.Tuner.restore(str(storage / run), trainable=trainable)
@@ -455,7 +457,6 @@ class LocalExecutor:
         return False
 
 
-STATE_FILE = "state.json"
 EVENTS_FILE = "events.jsonl"
 
 
@@ -499,8 +500,7 @@ class RPUDriver:
         self.dataset = dataset
         self.executor = executor
         self.progress = progress
-        path = self.out_dir / STATE_FILE
-        self.state: dict[str, Any] = (json.loads(path.read_text()) if path.exists() else
+        self.state: dict[str, Any] = (read_state(self.out_dir) or
                                       {"phase": "x-run", "metaepochs": {}, "leaf_runs": {}})
         # Leaf-runs run in threads of this actor; they share `state` and the event log.
         self._lock = threading.RLock()

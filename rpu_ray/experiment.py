@@ -20,6 +20,8 @@ from rpu_ray import __version__, data
 from rpu_ray.config import ExperimentConfig, load_config
 
 RUN_FILE = "run.json"
+# An rPU-VAE run's progress (written atomically by rpu_ray.driver.RPUDriver).
+STATE_FILE = "state.json"
 DIR_FORMAT = 1
 # The status of a metaEpoch in an rPU-VAE run's state.json, and its leaf-run's stop reason,
 # when every member diverged: no model, no labels.
@@ -57,8 +59,11 @@ def _new_directory(out: str | Path | None, config: ExperimentConfig, mode: str) 
         out = Path("runs") / f"{config.name}-{mode}-{stamp}"
     out = Path(out)
     if (out / RUN_FILE).exists():
-        raise ExperimentDirError(f"{out}: already holds a run; use --resume {out} to continue it "
-                                 "or choose another --out")
+        resume = f"rpu-ray resume {out}" if mode == "rpu" else f"rpu-ray pbt --resume {out}"
+        raise ExperimentDirError(f"{out}: already holds a run; continue it with `{resume}` or "
+                                 "choose another --out")
+    if out.exists() and not out.is_dir():
+        raise ExperimentDirError(f"{out}: exists and is not a folder")
     return out
 
 
@@ -101,17 +106,31 @@ def _load_data(config: ExperimentConfig) -> data.Dataset:
     return dataset
 
 
+def _create_directory(directory: Path, config: ExperimentConfig, run: dict[str, Any]) -> None:
+    """The run's folder with its config.yaml and run.json (written last: a folder without it
+    is not a run, and a new start may use it)."""
+    from rpu_ray.config import dump_config
+
+    directory.mkdir(parents=True, exist_ok=True)
+    dump_config(config, directory / "config.yaml")
+    (directory / RUN_FILE).write_text(json.dumps({
+        **run, "format": DIR_FORMAT, "rpu_ray_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+
+
 def start_pbt(config_path: str | Path | None, preset: str | None, overrides: Iterable[str],
               mode: str, out: str | Path | None, address: str | None = None) -> Path:
     """Validate everything, then run one PBT experiment; returns its directory."""
+    from rpu_ray.population import check_pbt_mode
+
     config = load_config(config_path, preset, overrides)
     directory = _new_directory(out, config, mode)
     dataset = _load_data(config)  # data errors surface before Ray starts
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / RUN_FILE).write_text(json.dumps({
-        "kind": "pbt", "mode": mode, "run": "pbt", "format": DIR_FORMAT,
-        "rpu_ray_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
-    return _run(config, dataset, mode, directory, address, resume=False)
+    check_pbt_mode(config, dataset, mode)
+    # Ray before the folder: a cluster that cannot be reached leaves no run behind.
+    _init_ray(address, config)
+    _create_directory(directory, config, {"kind": "pbt", "mode": mode, "run": "pbt"})
+    return _run(config, dataset, mode, directory, resume=False)
 
 
 def resume_pbt(directory: str | Path, address: str | None = None) -> Path:
@@ -120,14 +139,16 @@ def resume_pbt(directory: str | Path, address: str | None = None) -> Path:
     if run.get("kind") != "pbt":
         raise ExperimentDirError(f"{directory}: a {run.get('kind')!r} run, not a PBT run")
     config = load_config(Path(directory) / "config.yaml")
-    return _run(config, _load_data(config), run["mode"], Path(directory), address, resume=True)
+    dataset = _load_data(config)
+    _init_ray(address, config)
+    return _run(config, dataset, run["mode"], Path(directory), resume=True)
 
 
 def _run(config: ExperimentConfig, dataset: data.Dataset, mode: str, directory: Path,
-         address: str | None, resume: bool) -> Path:
+         resume: bool) -> Path:
+    """Run PBT on the connected Ray cluster and print what it produced."""
     from rpu_ray.driver import run_pbt
 
-    _init_ray(address, config)
     print(f"[rpu-ray] {'resuming' if resume else 'starting'} PBT ({mode}) with "
           f"{config.pbt.population} members in {directory}", flush=True)
     result = run_pbt(config, dataset, mode, directory, run=read_run_file(directory)["run"],
@@ -154,17 +175,15 @@ def _run(config: ExperimentConfig, dataset: data.Dataset, mode: str, directory: 
 def start_run(config_path: str | Path | None, preset: str | None, overrides: Iterable[str],
               out: str | Path | None, address: str | None = None) -> Path:
     """Validate everything, then run the whole rPU-VAE algorithm; returns its directory."""
+    from rpu_ray.population import check_pbt_mode
+
     config = load_config(config_path, preset, overrides)
     directory = _new_directory(out, config, "rpu")
     dataset = _load_data(config)
-    directory.mkdir(parents=True, exist_ok=True)
-    from rpu_ray.config import dump_config
-
-    dump_config(config, directory / "config.yaml")
-    (directory / RUN_FILE).write_text(json.dumps({
-        "kind": "rpu", "run": "rpu", "format": DIR_FORMAT, "rpu_ray_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
-    return _run_rpu(config, dataset, directory, address)
+    check_pbt_mode(config, dataset, "udr")  # the x-run and leaf-runs
+    _init_ray(address, config)
+    _create_directory(directory, config, {"kind": "rpu", "run": "rpu"})
+    return _run_rpu(config, dataset, directory)
 
 
 def resume_run(directory: str | Path, address: str | None = None) -> Path:
@@ -174,17 +193,18 @@ def resume_run(directory: str | Path, address: str | None = None) -> Path:
         raise ExperimentDirError(f"{directory}: a {run.get('kind')!r} run; resume it with "
                                  f"`rpu-ray pbt --resume {directory}`")
     config = load_config(Path(directory) / "config.yaml")
-    return _run_rpu(config, _load_data(config), Path(directory), address)
+    dataset = _load_data(config)
+    _init_ray(address, config)
+    return _run_rpu(config, dataset, Path(directory))
 
 
-def _run_rpu(config: ExperimentConfig, dataset: data.Dataset, directory: Path,
-             address: str | None) -> Path:
-    """Run the driver as a Ray actor and print its progress from the experiment directory."""
+def _run_rpu(config: ExperimentConfig, dataset: data.Dataset, directory: Path) -> Path:
+    """Run the driver as a Ray actor on the connected cluster and print its progress from the
+    experiment directory."""
     import ray
 
     from rpu_ray.driver import DatasetHandle, RayRPUDriver
 
-    _init_ray(address, config)
     print(f"[rpu-ray] rPU-VAE in {directory}: x-run, {config.rpu.leaf_runs} leaf-runs, final "
           f"model; {config.pbt.population} members of {config.model.num_models} VAEs",
           flush=True)
@@ -258,6 +278,22 @@ def print_summary(directory: Path) -> None:
             print(f"[rpu-ray]   {directory / name}", flush=True)
 
 
+def read_state(directory: str | Path) -> dict[str, Any] | None:
+    """An rPU-VAE run's state.json (None before the run wrote one); ExperimentDirError if it
+    is not one."""
+    path = Path(directory) / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ExperimentDirError(f"{path}: unreadable ({err})") from None
+    keys = ("phase", "metaepochs", "leaf_runs")
+    if not (isinstance(state, dict) and all(isinstance(state.get(k), (str, dict)) for k in keys)):
+        raise ExperimentDirError(f"{path}: not an rPU-VAE state (needs {', '.join(keys)})")
+    return state
+
+
 def status_text(directory: str | Path) -> str:
     """The tree of an experiment: x-run, leaf-runs with their metaEpochs, final run."""
     directory = Path(directory)
@@ -265,10 +301,17 @@ def status_text(directory: str | Path) -> str:
     if run.get("kind") != "rpu":
         raise ExperimentDirError(f"{directory}: status shows rPU-VAE runs; this is a "
                                  f"{run.get('kind')!r} run (see its events.jsonl)")
-    path = directory / "state.json"
-    if not path.exists():
+    state = read_state(directory)
+    if state is None:
         return f"{directory}: starting (no state yet)"
-    state = json.loads(path.read_text())
+    try:
+        return _status_tree(directory, state)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ExperimentDirError(f"{directory / STATE_FILE}: malformed "
+                                 f"({type(err).__name__}: {err})") from None
+
+
+def _status_tree(directory: Path, state: dict[str, Any]) -> str:
     epochs = state["metaepochs"]
 
     def metaepoch_line(key: str) -> str:
@@ -319,10 +362,23 @@ def status_text(directory: str | Path) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of an append-only JSON-lines log; none if it does not exist yet."""
+    """The records of an append-only JSON-lines log; none if it does not exist yet. A last
+    line without its newline is a write cut short (a killed process) and is left out;
+    ExperimentDirError names a line that is not a JSON object."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text().split("\n")[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            raise ExperimentDirError(f"{path}, line {number}: not a JSON record")
+        records.append(record)
+    return records
 
 
 def read_events(directory: Path, kind: str | None = None) -> list[dict[str, Any]]:

@@ -45,9 +45,18 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu"
              ) -> tuple[VAEEnsemble, dict[str, Any]]:
     """A single exported VAE (as an ensemble of one, in eval mode) and its metadata."""
     payload = load_checkpoint(path)
-    if payload.get("kind") != KIND:
-        raise CheckpointError(f"{path}: not an exported rpu-ray VAE (kind {payload.get('kind')!r})")
-    config = payload["config"]
-    model = VAEEnsemble(1, config["image_shape"], config["z_dim"], config["arch"])
-    model.load_state_dict(payload["model"])
-    return model.to(device).eval(), payload["metadata"]
+    kind = payload.get("kind") if isinstance(payload, dict) else None
+    if kind != KIND:
+        raise CheckpointError(f"{path}: not an exported rpu-ray VAE (kind {kind!r})")
+    try:
+        config = payload["config"]
+        model = VAEEnsemble(1, config["image_shape"], config["z_dim"], config["arch"])
+        model.load_state_dict(payload["model"])
+        metadata = payload["metadata"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        # load_state_dict lists every mismatch on a line of its own: one line, shortened
+        detail = " ".join(str(err).split())
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."
+        raise CheckpointError(f"{path}: an rpu-ray VAE file with bad contents "
+                              f"({type(err).__name__}: {detail})") from None
+    return model.to(device).eval(), metadata

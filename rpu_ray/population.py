@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rpu_ray.config import EvalConfig, ExperimentConfig, ModelConfig
+from rpu_ray.config import ConfigError, EvalConfig, ExperimentConfig, ModelConfig
 from rpu_ray.data import Dataset
 from rpu_ray.engine import Member
 from rpu_ray.evaluation import LabelChain, score_leaf_mig, score_supervised, score_udr
@@ -38,9 +38,9 @@ from rpu_ray.pbt import (
     survivors_after_first_generation,
 )
 
-__all__ = ["MODES", "LocalPBTResult", "NoFiniteScoreError", "build_member", "initial_population",
-           "member_hyperparameters", "member_seed", "run_local_pbt", "score_member",
-           "seed_words", "tuned_hyperparameters"]
+__all__ = ["MODES", "LocalPBTResult", "NoFiniteScoreError", "build_member", "check_pbt_mode",
+           "initial_population", "member_hyperparameters", "member_seed", "run_local_pbt",
+           "score_member", "seed_words", "tuned_hyperparameters"]
 
 MODES = ("udr", "mig", "dci", "leafmig")
 
@@ -57,6 +57,21 @@ class NoFiniteScoreError(RuntimeError):
     def __init__(self, message: str, model_images: int = 0) -> None:
         super().__init__(message)
         self.model_images = model_images
+
+
+def check_pbt_mode(experiment: ExperimentConfig, dataset: Dataset, mode: str,
+                   label_chains: list[LabelChain] | None = None) -> None:
+    """ConfigError (a ValueError) if members of `experiment` cannot be scored by `mode` on
+    `dataset`; the commands call it before they start anything."""
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "udr" and experiment.model.num_models < 2:
+        raise ConfigError("UDR compares the VAEs of a member: model.num_models must be >= 2")
+    if mode in ("mig", "dci") and not dataset.has_factors:
+        raise ConfigError(f"mode {mode!r} scores members on labels, but {dataset.source} has "
+                          "none")
+    if mode == "leafmig" and not label_chains:
+        raise ConfigError("mode 'leafmig' needs the surrogate-label chains of the leaf-runs")
 
 
 def seed_words(seed: int, run: str) -> list[int]:
@@ -192,12 +207,7 @@ def run_local_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, run
       device: where members train; default: CUDA if available, else the CPU.
       on_generation: called with each generation's summary (progress output).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode in ("mig", "dci") and not dataset.has_factors:
-        raise ValueError(f"mode {mode!r} scores members on labels, but {dataset.source} has none")
-    if mode == "leafmig" and not label_chains:
-        raise ValueError("mode 'leafmig' needs the surrogate-label chains of the leaf-runs")
+    check_pbt_mode(experiment, dataset, mode, label_chains)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     started = time.time()
     images = torch.from_numpy(np.ascontiguousarray(dataset.all_images())).to(device)

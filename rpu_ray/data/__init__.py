@@ -49,11 +49,13 @@ def _subsample_loaded(dataset: Dataset, subsample: int | Sequence[int], seed: in
     import numpy as np
 
     if isinstance(subsample, (int, np.integer)) and not isinstance(subsample, bool):
-        if subsample < 1:
-            raise DataError(f"{dataset.source}: subsample count must be positive")
+        if not 0 < subsample <= len(dataset):
+            raise DataError(f"{dataset.source}: subsample count must be in "
+                            f"1..{len(dataset)}, got {subsample}")
         # A copy, not a subset view: the rest of the file is freed, and storage positions (what
         # surrogate labels and Ray's object store refer to) are positions in the data set.
         positions = dataset.sample(int(subsample), np.random.default_rng(seed))
         return dataset.subset(positions).standalone()
-    raise DataError(f"{dataset.source}: per-factor strides only apply to procedural data sets; "
-                    "use a count")
+    raise DataError(f"{dataset.source}: subsample {list(subsample)}: per-factor strides only "
+                    "apply to procedural data sets; give a count, or none for all images "
+                    "(--set data.subsample=null where a preset, as smoke and demo, sets strides)")

@@ -168,8 +168,10 @@ def load_npz(path: Path, image_size: int = 64) -> Dataset:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, KeyError) as err:
         raise DataError(f"{path}: unreadable or truncated .npz ({err})") from None
-    except ValueError as err:  # e.g. an object array that would need pickle
-        raise DataError(f"{path}: cannot read .npz without pickle ({err})") from None
+    except ValueError as err:  # an object array (would need pickle) or a corrupt header
+        problem = ("holds Python objects, which cannot be read without pickle" if "pickle" in
+                   str(err) else "unreadable .npz member")
+        raise DataError(f"{path}: {problem} ({err})") from None
 
 
 def _dsprites_dataset(images: np.ndarray, classes: np.ndarray, path: Path) -> Dataset:

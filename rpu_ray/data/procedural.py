@@ -164,7 +164,10 @@ def load_procedural(name: str, image_size: int = 64, subsample: int | Sequence[i
                     seed: int = 0, use_cache: bool = True) -> Dataset:
     """A procedural data set with its integer factors, optionally subsampled (see module doc)."""
     spec = get_spec(name)
-    flat = subsample_indices(spec.factor_sizes, subsample, seed)
+    try:
+        flat = subsample_indices(spec.factor_sizes, subsample, seed)
+    except DataError as err:
+        raise DataError(f"{name}: {err}") from None
     if flat is None:
         images = full_grid(spec, image_size, use_cache)
         flat = np.arange(spec.num_images)
