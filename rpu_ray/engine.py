@@ -368,9 +368,30 @@ class Member:
             "diverged": diverged,
         }
 
+    def _own_optimizer_layout(self) -> None:
+        """Adam as this member runs it, whatever the loaded state was saved from.
+
+        Optimizer.load_state_dict takes the saved implementation flags (fused Adam on CUDA) and
+        keeps moments whose device and dtype match in their saved memory layout (channels-last
+        on a GPU member). Fused kernels pair moments with weights by memory order, so a CPU
+        member restored from a GPU checkpoint would apply its updates to the wrong weights.
+        """
+        for group in self.optimizer.param_groups:
+            for key in ("fused", "foreach"):
+                group[key] = self.optimizer.defaults[key]
+            for param in group["params"]:
+                moments = self.optimizer.state.get(param, {})
+                for name, value in moments.items():
+                    if torch.is_tensor(value) and value.shape == param.shape:
+                        moments[name] = torch.empty_like(param).copy_(value)
+
     def _state_is_finite(self) -> bool:
-        """Whether every parameter and buffer (BatchNorm statistics) is finite; one sync."""
-        tensors = [t for t in (*self.model.parameters(), *self.model.buffers())
+        """Whether every parameter and buffer (BatchNorm statistics) is finite, the loss's own
+        (FactorVAE's discriminator, trained after the last loss) and the supervised head's
+        included; one sync."""
+        modules = [self.model, self.loss_fn, *([] if self.supervised is None else
+                                               [self.supervised])]
+        tensors = [t for module in modules for t in (*module.parameters(), *module.buffers())
                    if t.is_floating_point()]
         return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
@@ -447,6 +468,7 @@ class Member:
         # and dtype already match: two clones loaded from one in-memory donor state would
         # share (and both update) one set of Adam moments and step counters.
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self._own_optimizer_layout()
         self.loss_fn.load_state_dict(state["loss"])
         if self.supervised is not None:
             self.supervised.load_state_dict(state["supervised"])

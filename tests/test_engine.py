@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -177,6 +178,24 @@ def test_weights_made_non_finite_by_the_last_step_mark_the_member_diverged() -> 
     assert result["diverged"] is True
 
 
+def test_a_non_finite_discriminator_marks_the_member_diverged() -> None:
+    # FactorVAE's discriminator trains after the step's loss was computed: a last step that
+    # breaks it shows in no loss of the generation, only in the state check.
+    member = Member({"lr": 1e-3, "batch_size": 8, "gamma": 10.0}, num_models=2,
+                    image_shape=SHAPE, z_dim=4, loss="factorvae")
+    discriminator_step = member.loss_fn.after_step
+
+    def step_then_overflow() -> None:
+        discriminator_step()
+        with torch.no_grad():
+            member.loss_fn.discriminator.weights[0][0, 0, 0] = float("inf")
+
+    member.loss_fn.after_step = step_then_overflow
+    result = member.train(_images(32), member.batch_size_for(32))
+    assert result["steps"] == 1 and all(math.isfinite(v) for v in result["loss"])
+    assert result["diverged"] is True
+
+
 def test_state_round_trip_continues_identically() -> None:
     images = _images(30)
     original = _member(seed=1, hparams={"batch_size": 7, "beta": 3.0})
@@ -231,6 +250,31 @@ def test_a_state_saved_on_another_device_kind_restores_deterministically() -> No
     second.load_state_dict(state)
     assert first.train(images, 40)["loss"] == second.train(images, 40)["loss"]
     _assert_same_state(first, second)
+
+
+def test_a_state_from_a_fused_channels_last_member_updates_the_right_weights() -> None:
+    # What a CUDA member with channels_last saves: fused Adam, moments in channels-last layout.
+    # Fused kernels pair moments with weights by memory order; a contiguous CPU member must
+    # continue exactly as from the same state in its own layout and implementation.
+    images = _images(30)
+    donor = _member(seed=1, channels_last=True)
+    donor.train(images, 40)
+    gpu_like = donor.state_dict()
+    for group in gpu_like["optimizer"]["param_groups"]:
+        group["fused"] = True
+    assert any(not m.is_contiguous() for s in gpu_like["optimizer"]["state"].values()
+               for m in (s["exp_avg"], s["exp_avg_sq"]))
+    own_layout = copy.deepcopy(gpu_like)
+    for group in own_layout["optimizer"]["param_groups"]:
+        group["fused"] = None
+    for moments in own_layout["optimizer"]["state"].values():
+        for name in ("exp_avg", "exp_avg_sq"):
+            moments[name] = moments[name].contiguous()
+    restored, reference = _member(seed=2), _member(seed=2)
+    restored.load_state_dict(gpu_like)
+    reference.load_state_dict(own_layout)
+    assert restored.train(images, 40)["loss"] == reference.train(images, 40)["loss"]
+    _assert_same_state(restored, reference)
 
 
 def test_set_hyperparameters_after_loading() -> None:
