@@ -320,7 +320,10 @@ class GenerationalPBT(PopulationBasedTraining):
         # Ray's synchronous PBT only reaches the barrier from a result: when the last member
         # of a generation fails for good instead of reporting, the others would wait forever.
         super().on_trial_error(tune_controller, trial)
-        if trial.should_recover():  # Tune restarts it from its checkpoint: wait for it
+        # Tune retries only a trial that failed RUNNING: it stops it (ERROR) before this call
+        # and queues it again after. One that failed PENDING (a reused actor's reset raised)
+        # is stopped for good, retries left or not.
+        if trial.status == Trial.ERROR and trial.should_recover():  # restarted: wait for it
             return
         self._controller = tune_controller
         self._failed.add(trial)  # out of every ranking from now on (Ray still lists it)

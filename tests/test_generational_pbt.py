@@ -138,6 +138,33 @@ def test_a_barrier_saved_before_its_decisions_is_redone_before_anyone_trains(
     assert len(barriers) == 1  # once
 
 
+def test_a_member_that_fails_for_good_before_it_trains_releases_the_barrier(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Members 0 and 1 wait at the barrier of iteration 2 for member 2. Tune retries a failed
+    # trial only if it was RUNNING; member 2 fails PENDING (its reused actor's reset raised),
+    # so Tune stops it for good though retries are left, and the others must not wait for it.
+    scheduler, controller = _restored([(Trial.PENDING, 2, OWN), (Trial.PENDING, 2, OWN),
+                                       (Trial.PENDING, 1, OWN)])
+    scheduler._running = True
+    barriers = []
+    monkeypatch.setattr(scheduler, "_barrier", lambda _, trials: barriers.append(list(trials)))
+    failing = controller.trials[2]
+    failing.set_status(Trial.PENDING)  # chosen to run: Tune starts it on a cached actor
+    failing.max_failures = 2
+    assert failing.should_recover()
+    scheduler.on_trial_error(controller, failing)
+    assert scheduler._failed == {failing} and barriers == [controller.trials[:2]]
+    # The retry: Tune has stopped the trial (ERROR) when it calls the hook, and requeues it.
+    scheduler, controller = _restored([(Trial.PENDING, 2, OWN), (Trial.PENDING, 2, OWN),
+                                       (Trial.ERROR, 1, OWN)])
+    retried = controller.trials[2]
+    scheduler._failed.clear()
+    retried.max_failures = 2
+    monkeypatch.setattr(scheduler, "_barrier", lambda _, trials: barriers.append(list(trials)))
+    scheduler.on_trial_error(controller, retried)
+    assert not scheduler._failed and len(barriers) == 1
+
+
 def _member_checkpoint(folder: Path, score: float | None, iteration: int, member: int) -> Path:
     """A Tune checkpoint folder as `MemberTrainable.save_checkpoint` writes it."""
     save_checkpoint(folder / MEMBER_STATE_FILE, {"weights": torch.full((3,), float(iteration)),
