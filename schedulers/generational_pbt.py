@@ -204,6 +204,8 @@ class GenerationalPBT(PopulationBasedTraining):
         # Relative log paths on other storage: fail now, not at the first barrier.
         for path in (self._events_path, self._results_path):
             self._log_path(path)
+        if trial.storage is not None:
+            _rebase_checkpoints(trial)
         if self._running:
             self._requeued(trial)
             return
@@ -588,6 +590,27 @@ def keep_best_checkpoint(filesystem: pyarrow.fs.FileSystem, trial_paths: Iterabl
                 filesystem.delete_dir(folder_kept)
         return target
     return None if current is None else current[0]
+
+
+def _rebase_checkpoints(trial: Trial) -> None:
+    """Point the checkpoints Tune tracks for `trial` into its current folder.
+
+    Tuner.restore moves them with `Trial.set_storage`, which replaces the old trial path by
+    the new one in each tracked result, and the latest result is usually also one of the best:
+    replaced twice, its path is wrong when the new folder's path contains the old one (a run
+    moved from /scratch/run to /backup/scratch/run). What follows the last occurrence of the
+    trial's folder name is the checkpoint's place in it (`checkpoint_000003`, `handover/3`).
+    """
+    folder = trial.storage.trial_fs_path
+    marker = posixpath.sep + posixpath.basename(folder.rstrip(posixpath.sep)) + posixpath.sep
+    manager = trial.run_metadata.checkpoint_manager
+    for result in {id(r): r for r in [*manager.best_checkpoint_results,
+                                      manager.latest_checkpoint_result] if r}.values():
+        path = result.checkpoint.path
+        at = path.rfind(marker)
+        if at >= 0:
+            result.checkpoint = Checkpoint(posixpath.join(folder, path[at + len(marker):]),
+                                           filesystem=trial.storage.storage_filesystem)
 
 
 def _is_handover(checkpoint: Checkpoint | None) -> bool:

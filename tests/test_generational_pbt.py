@@ -287,3 +287,28 @@ def test_handed_over_copies_live_in_the_clones_folder_for_two_barriers(tmp_path:
         kept = sorted(p.name for p in (tmp_path / "run" / "trial1" / "handover").iterdir())
         assert kept == [str(g) for g in range(max(0, generation - 1), generation + 1)]
     assert (donor / MEMBER_STATE_FILE).exists()
+
+
+def test_checkpoints_of_a_run_moved_under_a_longer_path_point_into_its_new_folder(
+        tmp_path: Path) -> None:
+    # /scratch/run moved to /backup/scratch/run: Tune's Trial.set_storage replaces the old trial
+    # path by the new one in each tracked result, and the latest is also one of the best.
+    old = tmp_path / "scratch" / "run"
+    new = Path(str(tmp_path / "backup") + str(old))
+    trial = Trial("MemberTrainable", config={"member": 0, "lr": 1e-3}, stub=True)
+    trial.storage = _Storage(old, "trial0")
+    manager = trial.run_metadata.checkpoint_manager
+    for iteration in (1, 2):
+        manager._checkpoint_results.append(_TrainingResult(
+            checkpoint=Checkpoint(str(old / "trial0" / f"checkpoint_{iteration - 1:06d}")),
+            metrics={"training_iteration": iteration, "score": 0.5}))
+    manager._latest_checkpoint_result = manager._checkpoint_results[-1]
+    trial.set_storage(_Storage(new, "trial0"))
+    assert manager.latest_checkpoint_result.checkpoint.path != str(
+        new / "trial0" / "checkpoint_000001")  # Ray 2.60's double replacement
+    GenerationalPBT(PBTPolicy(), seed=(0,), hyperparameters=("lr",)).on_trial_add(
+        _Controller([trial]), trial)
+    assert [r.checkpoint.path for r in manager.best_checkpoint_results] == [
+        str(new / "trial0" / "checkpoint_000000"), str(new / "trial0" / "checkpoint_000001")]
+    assert manager.latest_checkpoint_result.checkpoint.path == str(
+        new / "trial0" / "checkpoint_000001")
