@@ -61,6 +61,7 @@ from rpu_ray.experiment import (
     NO_FINITE_SCORE,
     STATE_FILE,
     ExperimentDirError,
+    append_jsonl,
     read_events,
     read_jsonl,
     read_state,
@@ -291,15 +292,13 @@ def run_pbt_locally(experiment: ExperimentConfig, dataset: Dataset, mode: str,
     def log_generation(summary: dict[str, Any]) -> None:
         event = {"event": "generation", "time": time.time(),
                  **{k: v if v != -math.inf else None for k, v in summary.items()}}
-        with (out_dir / "events.jsonl").open("a") as f:
-            f.write(json.dumps(event) + "\n")
+        append_jsonl(out_dir / "events.jsonl", [json.dumps(event)])
         if printer is not None:
             printer(summary)
 
     result = run_local_pbt(experiment, dataset, mode, run=run, device=device,
                            label_chains=label_chains, on_generation=log_generation)
-    with (out_dir / "events.jsonl").open("a") as f:
-        f.writelines(json.dumps(d.to_dict()) + "\n" for d in result.decisions)
+    append_jsonl(out_dir / "events.jsonl", (json.dumps(d.to_dict()) for d in result.decisions))
     results = pd.DataFrame(result.results)
     results.to_csv(out_dir / "results.csv", index=False)
     state = result.best_member.state_dict()
@@ -518,8 +517,8 @@ class RPUDriver:
 
     def _event(self, kind: str, **fields: Any) -> None:
         event = {"event": kind, "time": time.time(), **fields}
-        with self._lock, (self.out_dir / EVENTS_FILE).open("a") as f:
-            f.write(json.dumps(event) + "\n")
+        with self._lock:
+            append_jsonl(self.out_dir / EVENTS_FILE, [json.dumps(event)])
         if self.progress:
             details = ", ".join(f"{k}={v}" for k, v in fields.items())
             print(f"[rpu-ray] {kind}: {details}", flush=True)

@@ -361,6 +361,20 @@ def _status_tree(directory: Path, state: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def append_jsonl(path: Path, lines: Iterable[str]) -> None:
+    """Append JSON lines (without their newlines) to an append-only log. A last line without
+    its newline, a write cut short by a killed process, is dropped first: the new lines must
+    not join it (`read_jsonl` leaves it out)."""
+    with path.open("a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                f.seek(0)
+                f.truncate(f.read().rfind(b"\n") + 1)
+        f.write("".join(line + "\n" for line in lines).encode())
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of an append-only JSON-lines log; none if it does not exist yet. A last
     line without its newline is a write cut short (a killed process) and is left out;

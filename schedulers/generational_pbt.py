@@ -60,6 +60,7 @@ from rpu_ray.checkpoint import (
     result_rank,
     verified_payload_bytes,
 )
+from rpu_ray.experiment import append_jsonl, read_jsonl
 from rpu_ray.pbt import (
     HYPERPARAMETERS,
     Decision,
@@ -172,8 +173,7 @@ class GenerationalPBT(PopulationBasedTraining):
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            f.write(json.dumps(event) + "\n")
+        append_jsonl(path, [json.dumps(event)])
 
     def _load_history(self) -> None:
         """After a restore: the best score of every generation from the events log, so that
@@ -183,12 +183,10 @@ class GenerationalPBT(PopulationBasedTraining):
         if path is None or not path.exists():
             return
         best: dict[int, float] = {}
-        with path.open() as f:
-            for line in f:
-                event = json.loads(line)
-                if event.get("event") == GENERATION_EVENT:
-                    score = event["best_score"]
-                    best[event["generation"]] = -math.inf if score is None else score
+        for event in read_jsonl(path):
+            if event.get("event") == GENERATION_EVENT:
+                score = event["best_score"]
+                best[event["generation"]] = -math.inf if score is None else score
         self.best_scores = [best[g] for g in sorted(best)]
 
     # ---------------------------------------------------------------- Ray hooks
@@ -283,8 +281,7 @@ class GenerationalPBT(PopulationBasedTraining):
         if self._results_path is not None:
             row = {"trial_id": trial.trial_id,
                    **{k: _plain(v) for k, v in result.items() if k != "config"}}
-            with self.results_path.open("a") as f:
-                f.write(json.dumps(row, allow_nan=False, default=str) + "\n")
+            append_jsonl(self.results_path, [json.dumps(row, allow_nan=False, default=str)])
         if trial in self._dropped or self.stop_reason:
             # It was still running (or already restarted) when it was dropped or the run
             # stopped: its result belongs to no generation. The survivors may all be waiting

@@ -29,6 +29,7 @@ from rpu_ray.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from rpu_ray.experiment import read_jsonl
 from rpu_ray.pbt import PBTPolicy
 from schedulers.generational_pbt import GenerationalPBT, keep_best_checkpoint
 
@@ -312,3 +313,15 @@ def test_checkpoints_of_a_run_moved_under_a_longer_path_point_into_its_new_folde
         str(new / "trial0" / "checkpoint_000000"), str(new / "trial0" / "checkpoint_000001")]
     assert manager.latest_checkpoint_result.checkpoint.path == str(
         new / "trial0" / "checkpoint_000001")
+
+
+def test_a_log_line_cut_short_by_a_kill_is_left_out_and_not_joined(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"event": "generation", "generation": 0, "best_score": 0.4})
+                      + '\n{"event": "generation", "gener')
+    scheduler = GenerationalPBT(PBTPolicy(), seed=(0,), hyperparameters=("lr",),
+                                events_path=events)
+    scheduler._load_history()  # what a restored scheduler reads
+    assert scheduler.best_scores == [0.4]
+    scheduler._append_event({"event": "generation", "generation": 1, "best_score": 0.5})
+    assert [e["generation"] for e in read_jsonl(events)] == [0, 1]
