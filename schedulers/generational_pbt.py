@@ -183,11 +183,16 @@ class GenerationalPBT(PopulationBasedTraining):
         if path is None or not path.exists():
             return
         best: dict[int, float] = {}
+        stops: dict[int, str | None] = {}
         for event in read_jsonl(path):
             if event.get("event") == GENERATION_EVENT:
                 score = event["best_score"]
                 best[event["generation"]] = -math.inf if score is None else score
+                stops[event["generation"]] = event.get("stop_reason")
         self.best_scores = [best[g] for g in sorted(best)]
+        # Interrupted at the barrier that stopped the run (members still saving): the run is
+        # over. Redone, that barrier would rank only the members Tune had not stopped yet.
+        self.stop_reason = stops[max(stops)] if stops else None
 
     # ---------------------------------------------------------------- Ray hooks
 
@@ -270,9 +275,11 @@ class GenerationalPBT(PopulationBasedTraining):
         if not times:
             return
         first, last = min(times.values()), max(times.values())
+        # A clone handed a copy at that barrier shows it was decided, even one that has failed
+        # for good since (its decisions must not be made a second time).
         decided = any(self._trial_state[t].last_train_time == last
-                      for t in self._restored_clones if t in times)
-        self._barrier_to_redo = first == last >= 1 and not decided
+                      for t in self._restored_clones if t not in self._dropped)
+        self._barrier_to_redo = first == last >= 1 and not decided and not self.stop_reason
         self._next_perturbation_sync = last if first < last and not decided else last + 1
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:

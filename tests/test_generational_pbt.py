@@ -55,10 +55,11 @@ class _Controller:
 OWN, HANDED, NONE = "own", "handed over", "none"
 
 
-def _restored(members: list[tuple[str, int, str]]) -> tuple[GenerationalPBT, _Controller]:
+def _restored(members: list[tuple[str, int, str]], events_path: Path | None = None
+              ) -> tuple[GenerationalPBT, _Controller]:
     """A scheduler after Tuner.restore re-added members of (status, iteration, checkpoint)."""
     scheduler = GenerationalPBT(PBTPolicy(big_init_population_factor=2), seed=(0,),
-                                hyperparameters=("lr",))
+                                hyperparameters=("lr",), events_path=events_path)
     trials = []
     for member, (status, iteration, checkpoint) in enumerate(members):
         trial = Trial("MemberTrainable", config={"member": member, "lr": 1e-3}, stub=True)
@@ -164,6 +165,32 @@ def test_a_member_that_fails_for_good_before_it_trains_releases_the_barrier(
     monkeypatch.setattr(scheduler, "_barrier", lambda _, trials: barriers.append(list(trials)))
     scheduler.on_trial_error(controller, retried)
     assert not scheduler._failed and len(barriers) == 1
+
+
+def test_a_run_interrupted_at_the_barrier_that_stopped_it_stays_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stop barrier of generation 2 stopped the waiting members (TERMINATED); the one still
+    # saving its checkpoint was RUNNING when the run was killed, and comes back alone.
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps({"event": "generation", "generation": g,
+                                          "best_score": 0.5, "stop_reason": stop}) + "\n"
+                              for g, stop in ((0, None), (1, None), (2, "converged"))))
+    scheduler, controller = _restored([(Trial.TERMINATED, 3, OWN), (Trial.TERMINATED, 3, OWN),
+                                       (Trial.PENDING, 3, OWN)], events_path=events)
+    assert scheduler.stop_reason == "converged" and not scheduler._barrier_to_redo
+    assert scheduler.best_scores == [0.5, 0.5, 0.5]
+    stopped = []
+    controller.stop_trial = stopped.append
+    assert scheduler.choose_trial_to_run(controller) is None
+    assert stopped == [controller.trials[2]]
+
+
+def test_a_barrier_whose_clone_failed_for_good_since_is_not_redone() -> None:
+    # Barrier 3 handed member 2 a copy; it failed for good in generation 3. The others'
+    # checkpoints are of iteration 3 too: the barrier was decided, and must not be again.
+    scheduler, _ = _restored([(Trial.PENDING, 3, OWN), (Trial.PENDING, 3, OWN),
+                              (Trial.ERROR, 3, HANDED)])
+    assert not scheduler._barrier_to_redo and scheduler._next_perturbation_sync == 4
 
 
 def _member_checkpoint(folder: Path, score: float | None, iteration: int, member: int) -> Path:
