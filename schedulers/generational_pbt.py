@@ -79,6 +79,9 @@ log = logging.getLogger(__name__)
 GENERATION_EVENT = "generation"
 # Folder in a clone's trial folder holding the copies of donors' checkpoints handed to it.
 HANDOVER_DIR = "handover"
+# Seconds a copy handed over at least two barriers ago is kept still (`_delete_old_handovers`):
+# more than Tune's period of saving the experiment's state.
+HANDOVER_GRACE_S = 300.0
 
 
 class GenerationalPBT(PopulationBasedTraining):
@@ -488,9 +491,11 @@ class GenerationalPBT(PopulationBasedTraining):
         """Delete the copies handed over two barriers ago or earlier: a clone of the previous
         barrier may still be saving its first checkpoint of its own at this one (its save can
         fail, or the driver die), and until then the copy is what it restores from; by this
-        barrier every clone of the one before has a checkpoint of its own. The copies are
-        found on storage, so those of a run before a restore go too. A storage error only
-        costs disk space, not the run."""
+        barrier every clone of the one before has a checkpoint of its own. A copy younger than
+        `HANDOVER_GRACE_S` stays too: Tune saves the experiment's state (what a resume restores
+        from) every so often, not at every barrier, so with short generations its last state
+        can still name a copy two barriers old. The copies are found on storage, so those of a
+        run before a restore go too. A storage error only costs disk space, not the run."""
         trials = list(self._trial_state)
         if not trials:
             return
@@ -498,10 +503,14 @@ class GenerationalPBT(PopulationBasedTraining):
         generation = len(self.best_scores) - 1
         try:
             for trial in trials:
-                for folder in _subfolders(filesystem, posixpath.join(
-                        trial.storage.trial_fs_path, HANDOVER_DIR)):
-                    name = posixpath.basename(folder)
-                    if name.isdigit() and int(name) < generation - 1:
+                folders = _subfolders(filesystem, posixpath.join(trial.storage.trial_fs_path,
+                                                                 HANDOVER_DIR))
+                old = [f for f in folders if posixpath.basename(f).isdigit()
+                       and int(posixpath.basename(f)) < generation - 1]
+                for folder, info in zip(old, filesystem.get_file_info(old), strict=True):
+                    # Object stores have no folder times: by barrier count alone there.
+                    made = info.mtime.timestamp() if info.mtime is not None else -math.inf
+                    if time.time() - made >= HANDOVER_GRACE_S:
                         filesystem.delete_dir(folder)
         except OSError as err:
             log.warning("could not delete the checkpoint copies of old barriers: %s", err)

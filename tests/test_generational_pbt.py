@@ -31,7 +31,7 @@ from rpu_ray.checkpoint import (
 )
 from rpu_ray.experiment import read_jsonl
 from rpu_ray.pbt import PBTPolicy
-from schedulers.generational_pbt import GenerationalPBT, keep_best_checkpoint
+from schedulers.generational_pbt import HANDOVER_GRACE_S, GenerationalPBT, keep_best_checkpoint
 
 
 class _Controller:
@@ -294,7 +294,11 @@ def test_relative_log_paths_follow_the_experiment_when_it_is_moved(tmp_path: Pat
                    pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem()))
 
 
-def test_handed_over_copies_live_in_the_clones_folder_for_two_barriers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("grace", [0.0, HANDOVER_GRACE_S])
+def test_handed_over_copies_live_in_the_clones_folder_for_two_barriers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grace: float) -> None:
+    # Copies older than two barriers go once they are older than the grace period too.
+    monkeypatch.setattr("schedulers.generational_pbt.HANDOVER_GRACE_S", grace)
     scheduler = GenerationalPBT(PBTPolicy(), seed=(0,), hyperparameters=("lr",))
     trials = _trials_in(scheduler, tmp_path / "run", 2)
     donor = tmp_path / "run" / "trial0" / "checkpoint_000000"
@@ -313,7 +317,8 @@ def test_handed_over_copies_live_in_the_clones_folder_for_two_barriers(tmp_path:
         assert copy.path == str(tmp_path / "run" / "trial1" / "handover" / str(generation))
         assert (Path(copy.path) / MEMBER_STATE_FILE).read_bytes() == b"state"
         kept = sorted(p.name for p in (tmp_path / "run" / "trial1" / "handover").iterdir())
-        assert kept == [str(g) for g in range(max(0, generation - 1), generation + 1)]
+        oldest_kept = max(0, generation - 1) if grace == 0 else 0  # all young here
+        assert kept == [str(g) for g in range(oldest_kept, generation + 1)]
     assert (donor / MEMBER_STATE_FILE).exists()
 
 
