@@ -253,9 +253,16 @@ class GenerationalPBT(PopulationBasedTraining):
     def _requeued(self, trial: Trial) -> None:
         """A trial added while the run is under way: a new member, or one that failed and that
         Tune retries from its checkpoint (it re-adds it, already filed as PENDING). It rejoins
-        at the generation of its last result; the next barrier is the slowest member's next."""
-        if (trial.last_result or {}).get("training_iteration"):
-            self._seed_state(trial, trial.last_result)
+        at the generation of that checkpoint; the next barrier is the slowest member's next."""
+        # Where Tune restarts it: its latest checkpoint (a result reported after that
+        # checkpoint is trained again), or the start, with no score yet.
+        restored = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+        if restored is not None:
+            self._seed_state(trial, restored.metrics)
+        else:
+            state = self._trial_state[trial]
+            state.last_train_time = state.last_perturbation_time = 0
+            state.last_result, state.last_score = None, None
         times = [s.last_train_time for t, s in self._trial_state.items()
                  if t not in self._dropped | self._failed]
         self._next_perturbation_sync = min(times) + self._perturbation_interval
@@ -300,6 +307,10 @@ class GenerationalPBT(PopulationBasedTraining):
                 self._barrier_if_complete(tune_controller, leaving=trial)
             return TrialScheduler.STOP
         self._release_failed()
+        if result.get(self._time_attr, math.inf) < self._next_perturbation_sync:
+            # Behind the next barrier (a member catching up after a restore): Ray's check
+            # would take the barrier as soon as the others are there, with this stale score.
+            return TrialScheduler.CONTINUE
         decision = super().on_trial_result(tune_controller, trial, result)
         ending = self._take_ending(tune_controller.get_live_trials())
         for other in ending - {trial}:

@@ -193,6 +193,34 @@ def test_a_barrier_whose_clone_failed_for_good_since_is_not_redone() -> None:
     assert not scheduler._barrier_to_redo and scheduler._next_perturbation_sync == 4
 
 
+def test_a_member_catching_up_does_not_take_the_barrier_with_a_stale_score(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two members restored at iteration 3 wait at that barrier for one restarted from scratch:
+    # its results of iterations 1 and 2 are not generation 2's.
+    scheduler, controller = _restored([(Trial.PENDING, 3, OWN), (Trial.PENDING, 3, OWN),
+                                       (Trial.PENDING, 1, NONE)])
+    assert scheduler._next_perturbation_sync == 3
+    barriers = []
+    monkeypatch.setattr(scheduler, "_barrier", lambda _, trials: barriers.append(list(trials)))
+    laggard = controller.trials[2]
+    for iteration in (1, 2):
+        decision = scheduler.on_trial_result(controller, laggard,
+                                             {"training_iteration": iteration, "score": 0.9})
+        assert decision == "CONTINUE" and not barriers
+
+
+def test_a_retried_member_rejoins_at_its_checkpoint_not_its_last_result() -> None:
+    # It reported iteration 5, then its process died before it saved: Tune restarts it from
+    # its checkpoint of iteration 4, and it must train generation 5 again before the barrier.
+    scheduler, controller = _restored([(Trial.PENDING, 4, OWN), (Trial.PENDING, 5, OWN)])
+    scheduler._running = True
+    retried = controller.trials[0]
+    retried.run_metadata.last_result = {"training_iteration": 5, "score": 0.7}
+    scheduler.on_trial_add(controller, retried)
+    assert scheduler._trial_state[retried].last_train_time == 4
+    assert scheduler._next_perturbation_sync == 5
+
+
 def _member_checkpoint(folder: Path, score: float | None, iteration: int, member: int) -> Path:
     """A Tune checkpoint folder as `MemberTrainable.save_checkpoint` writes it."""
     save_checkpoint(folder / MEMBER_STATE_FILE, {"weights": torch.full((3,), float(iteration)),
