@@ -625,11 +625,14 @@ def _rebase_checkpoints(trial: Trial) -> None:
     moved from /scratch/run to /backup/scratch/run). What follows the last occurrence of the
     trial's folder name is the checkpoint's place in it (`checkpoint_000003`, `handover/3`).
     """
+    manager = trial.run_metadata.checkpoint_manager
+    tracked = {id(r): r for r in [*manager.best_checkpoint_results,
+                                  manager.latest_checkpoint_result] if r}
+    if not tracked:  # a new trial: no folder name yet, nothing to move
+        return
     folder = trial.storage.trial_fs_path
     marker = posixpath.sep + posixpath.basename(folder.rstrip(posixpath.sep)) + posixpath.sep
-    manager = trial.run_metadata.checkpoint_manager
-    for result in {id(r): r for r in [*manager.best_checkpoint_results,
-                                      manager.latest_checkpoint_result] if r}.values():
+    for result in tracked.values():
         path = result.checkpoint.path
         at = path.rfind(marker)
         if at >= 0:
