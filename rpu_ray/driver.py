@@ -42,8 +42,9 @@ from rpu_ray.checkpoint import (
     BEST_CHECKPOINT_DIR,
     MEMBER_RESULT_FILE,
     MEMBER_STATE_FILE,
-    best_member_result,
+    CheckpointError,
     load_checkpoint,
+    result_rank,
     save_checkpoint,
 )
 from rpu_ray.config import ExperimentConfig, dump_config, to_dict
@@ -219,18 +220,36 @@ def run_pbt(experiment: ExperimentConfig, dataset: Dataset, mode: str, out_dir: 
     return _write_outputs(grid, out_dir, mode, experiment.model.num_models)
 
 
-def best_checkpoint(checkpoints: list[tuple[Path, dict[str, Any]]]
-                    ) -> tuple[Path, dict[str, Any]] | None:
-    """Of (member checkpoint folder, the metrics Tune paired with it), the folder of the
-    highest score and the result its state scored: `MEMBER_RESULT_FILE` in the folder (score,
-    model_scores, member, training_iteration), Tune's metrics only where that file is missing
-    (checkpoints of older versions). None if no checkpoint has a finite score. Ties go to the
-    earliest generation, then the lowest member, whatever order Tune lists its trials in."""
-    results = [(str(folder), json.loads((folder / MEMBER_RESULT_FILE).read_text())
-                if (folder / MEMBER_RESULT_FILE).exists() else metrics)
-               for folder, metrics in checkpoints]
-    best = best_member_result(results)
-    return None if best is None else (Path(best[0]), best[1])
+def ranked_checkpoints(checkpoints: list[tuple[Path, dict[str, Any]]]
+                       ) -> list[tuple[Path, dict[str, Any]]]:
+    """Of (member checkpoint folder, the metrics Tune paired with it), those with a finite
+    score, best first, each with the result its state scored: `MEMBER_RESULT_FILE` in the
+    folder (score, model_scores, member, training_iteration), Tune's metrics only where that
+    file is missing (checkpoints of older versions). A folder whose result does not read as
+    JSON (a save cut short) is passed over. Ties go to the earliest generation, then the
+    lowest member, then the folder name, whatever order Tune lists its trials in."""
+    results = []
+    for folder, metrics in checkpoints:
+        path = folder / MEMBER_RESULT_FILE
+        try:
+            results.append((folder, json.loads(path.read_text()) if path.exists() else metrics))
+        except (OSError, ValueError):
+            continue
+    ranked = sorted((rank, str(folder), folder, result) for folder, result in results
+                    if (rank := result_rank(result)) is not None)
+    return [(folder, result) for _, _, folder, result in ranked]
+
+
+def _first_readable(ranked: list[tuple[Path, dict[str, Any]]]
+                    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(result, state) of the first checkpoint in `ranked` whose state loads: one whose save
+    was cut short fails its checksum, and the next best is taken."""
+    for folder, result in ranked:
+        try:
+            return result, load_checkpoint(folder / MEMBER_STATE_FILE)
+        except CheckpointError as err:
+            log.warning("passing over an unreadable checkpoint: %s", err)
+    return None
 
 
 def _write_outputs(grid: Any, out_dir: Path, mode: str, num_models: int) -> PBTRunResult:
@@ -254,14 +273,13 @@ def _write_outputs(grid: Any, out_dir: Path, mode: str, num_models: int) -> PBTR
                for folder in Path(result.path).glob("checkpoint_*")}
     on_disk |= {folder for folder in (Path(grid.experiment_path) / BEST_CHECKPOINT_DIR).glob("*")
                 if (folder / MEMBER_RESULT_FILE).exists()}
-    best = best_checkpoint([(folder, paired.get(folder, {})) for folder in
-                            sorted(set(paired) | on_disk)])
+    best = _first_readable(ranked_checkpoints([(folder, paired.get(folder, {}))
+                                               for folder in sorted(set(paired) | on_disk)]))
     if best is None:
         raise NoFiniteScoreError(f"{out_dir}: no member produced a finite score and a checkpoint",
                                  model_images)
-    folder, metrics = best
+    metrics, payload = best
     best_score = metrics["score"]
-    payload = load_checkpoint(folder / MEMBER_STATE_FILE)
     save_checkpoint(out_dir / "best_member.pt", payload)
     model_index = best_model(metrics["model_scores"])
     export_vae(payload["member"], model_index, out_dir / "best_vae.pt", metadata={

@@ -16,10 +16,16 @@ import pytest
 import torch
 from conftest import clustered_squares
 
-from rpu_ray.checkpoint import MEMBER_RESULT_FILE
+from rpu_ray.checkpoint import MEMBER_RESULT_FILE, MEMBER_STATE_FILE, save_checkpoint
 from rpu_ray.config import dump_config, load_config
 from rpu_ray.data import Dataset
-from rpu_ray.driver import PBTRunResult, RPUDriver, best_checkpoint, model_images
+from rpu_ray.driver import (
+    PBTRunResult,
+    RPUDriver,
+    _first_readable,
+    model_images,
+    ranked_checkpoints,
+)
 from rpu_ray.experiment import status_text
 from rpu_ray.export import export_vae
 from rpu_ray.labels import LabelLevel, LeafRunLabels
@@ -202,12 +208,37 @@ def test_the_best_checkpoint_is_chosen_by_the_result_saved_beside_its_state(
                clone: {"score": 0.20, "training_iteration": 1, "member": 2},
                diverged: {"score": 0.5, "training_iteration": 1, "member": 3}}
     for order in ([first, second, clone, diverged], [diverged, clone, second, first]):
-        folder, result = best_checkpoint([(f, metrics[f]) for f in order])
+        ranked = ranked_checkpoints([(f, metrics[f]) for f in order])
+        assert [f for f, _ in ranked] == [clone, first, second]  # diverged: no finite score
+        folder, result = ranked[0]
         assert result["score"] == 0.20 and result["training_iteration"] == 1
         assert folder == clone  # equal results: the same choice whatever the order
     # Without the file (older checkpoints) Tune's metrics are all there is.
     legacy = tmp_path / "legacy"
     legacy.mkdir()
-    assert best_checkpoint([(legacy, {"score": 0.3, "training_iteration": 4, "member": 0})]
-                           )[0] == legacy
-    assert best_checkpoint([(diverged, metrics[diverged])]) is None
+    assert ranked_checkpoints([(legacy, {"score": 0.3, "training_iteration": 4, "member": 0})]
+                              )[0][0] == legacy
+    assert ranked_checkpoints([(diverged, metrics[diverged])]) == []
+    # A save cut short: its result is not whole JSON (whatever Tune paired with it).
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / MEMBER_RESULT_FILE).write_text('{"score": 0.9, "model_sc')
+    assert ranked_checkpoints([(cut, {"score": 0.9, "training_iteration": 1, "member": 0}),
+                               (first, metrics[first])]) == [(first, json.loads(
+                                   (first / MEMBER_RESULT_FILE).read_text()))]
+
+
+def test_the_export_passes_over_a_best_checkpoint_whose_save_was_cut_short(
+        tmp_path: Path) -> None:
+    folders = []
+    for name, score in (("best", 0.9), ("next", 0.5)):
+        folder = tmp_path / name
+        save_checkpoint(folder / MEMBER_STATE_FILE, {"name": name})
+        folders.append((folder, {"score": score, "model_scores": [score], "member": 0,
+                                 "training_iteration": 1}))
+    whole = (folders[0][0] / MEMBER_STATE_FILE).read_bytes()
+    (folders[0][0] / MEMBER_STATE_FILE).write_bytes(whole[: len(whole) // 2])
+    result, state = _first_readable(ranked_checkpoints(folders))
+    assert result["score"] == 0.5 and state == {"name": "next"}
+    (folders[1][0] / MEMBER_STATE_FILE).unlink()
+    assert _first_readable(ranked_checkpoints(folders)) is None
