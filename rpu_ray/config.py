@@ -437,10 +437,10 @@ def load_config(path: str | Path | None = None, preset_name: str | None = None,
     try:
         return from_dict(resolved)
     except ConfigError as err:
-        if resolved is not base:  # blame --set when the settings without it are valid
+        if resolved is not base:  # the file is not to blame when it is valid without them
             try:
                 from_dict(base)
-                source = "--set: "
+                source = ""
             except ConfigError:
                 pass
         raise ConfigError(f"{source}{err}") from None

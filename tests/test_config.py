@@ -136,6 +136,25 @@ def test_bad_files(tmp_path: Path) -> None:
     evil.write_text("name: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(evil)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(ConfigError, match=r"binary\.yaml: not a YAML text file"):
+        load_config(binary)
+    named = tmp_path / "named.yaml"
+    named.write_text("preset: huge\n")
+    with pytest.raises(ConfigError, match=r"named\.yaml: unknown preset 'huge'"):
+        load_config(named)
+
+
+def test_errors_blame_the_file_only_when_it_is_wrong(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("pbt:\n  population: 8\n")
+    with pytest.raises(ConfigError, match=r"^pbt\.population: expected an integer"):
+        load_config(good, overrides=["pbt.population=x"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pbt:\n  population: x\n")
+    with pytest.raises(ConfigError, match=r"^.*bad\.yaml: pbt\.population: expected an integer"):
+        load_config(bad, overrides=["train.generation_images=100"])
 
 
 def test_to_dict_is_plain() -> None:
