@@ -288,9 +288,10 @@ def read_state(directory: str | Path) -> dict[str, Any] | None:
         state = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ExperimentDirError(f"{path}: unreadable ({err})") from None
-    keys = ("phase", "metaepochs", "leaf_runs")
-    if not (isinstance(state, dict) and all(isinstance(state.get(k), (str, dict)) for k in keys)):
-        raise ExperimentDirError(f"{path}: not an rPU-VAE state (needs {', '.join(keys)})")
+    kinds = {"phase": str, "metaepochs": dict, "leaf_runs": dict}
+    if not (isinstance(state, dict)
+            and all(isinstance(state.get(key), kind) for key, kind in kinds.items())):
+        raise ExperimentDirError(f"{path}: not an rPU-VAE state (needs {', '.join(kinds)})")
     return state
 
 
