@@ -17,7 +17,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -103,13 +103,20 @@ def result_rank(result: dict[str, Any]) -> tuple[float, int, int] | None:
     return -score, int(result["training_iteration"]), int(result["member"])
 
 
-def best_member_result(results: Iterable[tuple[str, dict[str, Any]]]
-                       ) -> tuple[str, dict[str, Any]] | None:
-    """Of (checkpoint folder, the result its state scored), the best by `result_rank`, equal
-    results going to the first folder name; None if no result has a finite score."""
-    ranked = [(rank, folder, result) for folder, result in results
-              if (rank := result_rank(result)) is not None]
-    if not ranked:
-        return None
-    _, folder, result = min(ranked, key=lambda item: item[:2])
-    return folder, result
+# A checkpoint folder as the caller names it: a `Path`, or a path string on Tune's storage.
+FolderT = TypeVar("FolderT", str, Path)
+
+
+def ranked_member_results(results: Iterable[tuple[FolderT, dict[str, Any]]]
+                          ) -> list[tuple[FolderT, dict[str, Any]]]:
+    """Of (checkpoint folder, the result its state scored), those with a finite score, best
+    first by `result_rank`, equal results by folder name."""
+    scored = [(folder, result) for folder, result in results if result_rank(result) is not None]
+    return sorted(scored, key=lambda item: (result_rank(item[1]), str(item[0])))
+
+
+def best_member_result(results: Iterable[tuple[FolderT, dict[str, Any]]]
+                       ) -> tuple[FolderT, dict[str, Any]] | None:
+    """The first of `ranked_member_results`; None if no result has a finite score."""
+    ranked = ranked_member_results(results)
+    return ranked[0] if ranked else None

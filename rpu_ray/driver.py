@@ -44,7 +44,7 @@ from rpu_ray.checkpoint import (
     MEMBER_STATE_FILE,
     CheckpointError,
     load_checkpoint,
-    result_rank,
+    ranked_member_results,
     save_checkpoint,
 )
 from rpu_ray.config import ExperimentConfig, dump_config, to_dict
@@ -235,9 +235,7 @@ def ranked_checkpoints(checkpoints: list[tuple[Path, dict[str, Any]]]
             results.append((folder, json.loads(path.read_text()) if path.exists() else metrics))
         except (OSError, ValueError):
             continue
-    ranked = sorted((rank, str(folder), folder, result) for folder, result in results
-                    if (rank := result_rank(result)) is not None)
-    return [(folder, result) for _, _, folder, result in ranked]
+    return ranked_member_results(results)
 
 
 def _first_readable(ranked: list[tuple[Path, dict[str, Any]]]

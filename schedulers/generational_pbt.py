@@ -57,6 +57,7 @@ from rpu_ray.checkpoint import (
     MEMBER_STATE_FILE,
     CheckpointError,
     best_member_result,
+    ranked_member_results,
     result_rank,
     verified_payload_bytes,
 )
@@ -588,11 +589,8 @@ def keep_best_checkpoint(filesystem: pyarrow.fs.FileSystem, trial_paths: Iterabl
     current = best_member_result(kept)
     checkpoints = [folder for path in trial_paths for folder in _subfolders(filesystem, path)
                    if posixpath.basename(folder).startswith("checkpoint_")]
-    ranked = sorted((rank, folder, result)
-                    for folder, result in _saved_results(filesystem, checkpoints)
-                    if (rank := result_rank(result)) is not None)
-    for rank, folder, result in ranked:
-        if current is not None and result_rank(current[1]) <= rank:
+    for folder, result in ranked_member_results(_saved_results(filesystem, checkpoints)):
+        if current is not None and result_rank(current[1]) <= result_rank(result):
             break
         state_path = posixpath.join(folder, MEMBER_STATE_FILE)
         try:
