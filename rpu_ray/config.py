@@ -426,9 +426,9 @@ def load_config(path: str | Path | None = None, preset_name: str | None = None,
             raise ConfigError(f"{path}: not a YAML text file") from None
         values = _read_yaml(text, str(path))
     file_preset = values.pop("preset", None)
+    chosen = preset_name or file_preset
     try:
-        base = _merge(preset(preset_name or file_preset) if preset_name or file_preset else {},
-                      values)
+        base = _merge(preset(chosen) if chosen else {}, values)
     except ConfigError as err:
         raise ConfigError(f"{'' if preset_name else source}{err}") from None
     resolved = base
